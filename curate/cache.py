@@ -1,0 +1,77 @@
+"""Score cache keyed by (row id, scorer name, version, config, model fingerprint).
+
+One folder per scorer cache key under ``$CURATE_HOME/scores`` (or the folder
+given to the run), holding Parquet parts of ``id`` + score columns. Parts are
+written atomically as work progresses, so a killed run keeps what it finished
+and a re-run computes only rows it has not seen.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from curate.run import write_json, write_table
+from curate.scorer import Scorer
+
+
+class ScorerCache:
+    """Cached scores of one scorer configuration."""
+
+    def __init__(self, root: Path | None, scorer: Scorer, flush_rows: int = 4096,
+                 flush_seconds: float = 20.0):
+        self.scorer = scorer
+        self.dir = root / f"{scorer.name}-{scorer.cache_key()}" if root else None
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._last_flush = time.monotonic()
+        schema = {"id": pl.String, **pl.from_arrow(scorer.output_schema().empty_table()).schema}
+        self.known = pl.DataFrame(schema=schema)
+        if self.dir and self.dir.exists():
+            parts = sorted(self.dir.glob("*.parquet"))
+            if parts:
+                self.known = (pl.concat([pl.read_parquet(p) for p in parts], how="vertical_relaxed")
+                              .unique(subset="id", keep="first"))
+
+    def lookup(self, ids: pl.Series) -> pl.DataFrame:
+        """Cached rows among ``ids`` (id + score columns)."""
+        return self.known.join(pl.DataFrame({"id": ids}), on="id", how="semi")
+
+    def add(self, scores: pa.Table) -> None:
+        """Remember freshly computed scores (``id`` + columns); flushes to disk as it goes."""
+        self._pending.append(scores)
+        self._pending_rows += scores.num_rows
+        if (self._pending_rows >= self.flush_rows
+                or time.monotonic() - self._last_flush >= self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        self._pending, self._pending_rows = [], 0
+        self._last_flush = time.monotonic()
+        self.known = pl.concat([self.known, pl.from_arrow(table)], how="vertical_relaxed")
+        if self.dir is None:
+            return
+        if not (self.dir / "scorer.json").exists():
+            write_json({"name": self.scorer.name, "version": self.scorer.version,
+                        "config": self.scorer.config(), "model": self.scorer.model_fingerprint()},
+                       self.dir / "scorer.json")
+        write_table(table, self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
+
+
+def describe(root: Path) -> list[dict]:
+    """What is in a cache folder (for humans)."""
+    out = []
+    for d in sorted(p for p in root.glob("*") if p.is_dir()):
+        spec = json.loads((d / "scorer.json").read_text()) if (d / "scorer.json").exists() else {}
+        rows = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in d.glob("*.parquet"))
+        out.append({"folder": d.name, "rows": rows, **spec})
+    return out

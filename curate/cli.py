@@ -1,0 +1,322 @@
+"""The ``curate`` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from curate.errors import CurateError
+
+RUN_OPTIONS = [
+    click.option("--overwrite", is_flag=True, help="Replace an output directory that holds a different run."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages (for scripts)."),
+    click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                 help="Score cache folder [default: $CURATE_HOME/scores, ~/.cache/curate/scores]."),
+    click.option("--no-cache", is_flag=True, help="Compute every score, reuse nothing."),
+    click.option("--batch-rows", type=click.IntRange(1), default=256, show_default=True,
+                 help="Rows per scorer batch."),
+    click.option("--flush-rows", type=click.IntRange(1), default=4096, show_default=True,
+                 help="Save computed scores to the cache every N rows (less lost work on a crash)."),
+]
+
+
+def run_options(fn):
+    for opt in reversed(RUN_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _exec_options(kw: dict[str, Any]) -> dict[str, Any]:
+    no_cache = kw.pop("no_cache")
+    cache_dir = kw.pop("cache_dir")
+    return {"overwrite": kw.pop("overwrite"), "quiet": kw.pop("quiet"),
+            "cache_dir": False if no_cache else cache_dir,
+            "batch_rows": kw.pop("batch_rows"), "flush_rows": kw.pop("flush_rows")}
+
+
+def _done(run, quiet: bool) -> None:
+    manifest = run.manifest() or {}
+    counts = manifest.get("counts", {})
+    if not quiet:
+        click.echo(f"selected {counts.get('selected')} / rejected {counts.get('rejected')} "
+                   f"of {counts.get('input')} input rows", err=True)
+        click.echo(f"results: {run.path}  (try: curate sql {run.path} \"select count(*) from selected\")",
+                   err=True)
+    click.echo(str(run.path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="curate")
+def cli() -> None:
+    """curate: score, deduplicate and select LLM post-training data.
+
+    \b
+    Typical use:
+      curate run pipelines/sft_select.py --input sample_data/sft --output runs/sft
+      curate sql runs/sft "select count(*) from selected"
+      curate explain runs/sft <id>
+    """
+
+
+KIND = click.option("--kind", type=click.Choice(["sft", "preference", "text"]), default=None,
+                    help="Dataset kind [default: from the columns].")
+ADAPTER = click.option("--adapter", default=None,
+                       help="Force an input layout (openai, sharegpt, alpaca, hh_rlhf, ranked, "
+                            "pairwise, prompt_completion, prompt_pair, text) [default: detected].")
+
+
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
+@KIND
+@ADAPTER
+@run_options
+def ingest(input: str, output: str, kind: str | None, adapter: str | None, **kw: Any) -> None:
+    """Normalise INPUT (file or directory of Parquet/JSON/JSONL/CSV) into a run.
+
+    Every good row lands in selected/ with a stable id; bad rows land in
+    rejected/ with the reason.
+    """
+    from curate.pipeline import read
+
+    opts = _exec_options(kw)
+    run = read(input, kind=kind, adapter=adapter).write(output, **opts)
+    _done(run, opts["quiet"])
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise CurateError(f"--set {v!r}: expected key=value")
+        k, _, val = v.partition("=")
+        out[k.strip()] = val
+    return out
+
+
+def _pipeline_help(path: str) -> str:
+    from curate.pipeline import load_pipeline_file
+
+    tpl = load_pipeline_file(path)
+    lines = [f"Pipeline {tpl.name} ({path})"]
+    if tpl.doc:
+        lines += ["", tpl.doc]
+    lines += ["", "Parameters (override with --set NAME=VALUE):"]
+    if not tpl.params:
+        lines.append("  (none)")
+    for name, p in tpl.params.items():
+        lines.append(f"  {name:<24} default {p.default!r:<16} {p.help}")
+    return "\n".join(lines)
+
+
+@cli.command(add_help_option=False)
+@click.argument("pipeline_file", required=False, type=click.Path())
+@click.option("--input", "-i", "input_", type=click.Path(), help="Input file or directory.")
+@click.option("--output", "-o", type=click.Path(), help="Run directory to write.")
+@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE",
+              help="Override a pipeline parameter (repeatable).")
+@KIND
+@ADAPTER
+@click.option("--explain", is_flag=True, help="Print the plan and stop.")
+@click.option("--help", "-h", "show_help", is_flag=True, help="Show this help (and the pipeline's parameters).")
+@run_options
+@click.pass_context
+def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, output: str | None,
+        sets: tuple[str, ...], kind: str | None, adapter: str | None, explain: bool,
+        show_help: bool, **kw: Any) -> None:
+    """Run PIPELINE_FILE (a pipelines/*.py file) over --input into --output.
+
+    `curate run PIPELINE_FILE --help` lists the pipeline's parameters.
+    """
+    from curate.pipeline import load_pipeline_file
+
+    if show_help or pipeline_file is None:
+        click.echo(ctx.get_help())
+        if pipeline_file:
+            click.echo("\n" + _pipeline_help(pipeline_file))
+        return
+    tpl = load_pipeline_file(pipeline_file)
+    pipe = tpl.bind(**_parse_sets(sets))
+    if input_:
+        pipe = pipe.with_input(input_, kind=kind, adapter=adapter)
+    if explain:
+        click.echo(pipe.explain())
+        return
+    if not output:
+        raise CurateError("missing --output RUN_DIR")
+    if pipe.source.path is None:
+        raise CurateError("missing --input: the pipeline reads no fixed path")
+    opts = _exec_options(kw)
+    run = pipe.write(output, **opts)
+    _done(run, opts["quiet"])
+
+
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.option("--scorer", "-s", "scorer_names", multiple=True, required=True,
+              help="Scorer short name (repeatable); see `curate scorers`.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Scorer option, applied to every given scorer that has it (repeatable).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
+@KIND
+@ADAPTER
+@run_options
+def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], output: str,
+          kind: str | None, adapter: str | None, **kw: Any) -> None:
+    """Score every row of INPUT; scores land in RUN/scores (nothing is filtered)."""
+    import dataclasses
+
+    from curate.pipeline import read
+    from curate.scorer import SCORERS, scorer_names as all_names
+
+    all_names()
+    opts_in = _parse_sets(options)
+    used: set[str] = set()
+    pipe = read(input, kind=kind, adapter=adapter)
+    for name in scorer_names:
+        cls = SCORERS.get(name)
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+        config = {}
+        for k, v in opts_in.items():
+            if k in fields:
+                config[k] = _coerce(v, fields[k].default)
+                used.add(k)
+        pipe = pipe.score(name, **config)
+    unused = set(opts_in) - used
+    if unused:
+        raise CurateError(f"--option {sorted(unused)}: no given scorer has such an option")
+    opts = _exec_options(kw)
+    run = pipe.write(output, **opts)
+    _done(run, opts["quiet"])
+
+
+def _coerce(text: str, default: Any) -> Any:
+    from curate.pipeline import Param
+
+    return Param(default).parse("option", text)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("sql")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+              default="table", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the result to this file instead of stdout (required for parquet).")
+@click.option("--max-rows", type=int, default=50, show_default=True, help="Rows shown as a table.")
+def sql(run_dir: str, sql: str, fmt: str, output: str | None, max_rows: int) -> None:
+    """Query a run with DuckDB SQL (read-only).
+
+    \b
+    Views, joinable on id:
+      data      the canonical input rows
+      scores    id + every score column
+      selected  the selected rows (full)
+      rejected  id, stage, reason, detail, cluster, representative
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from curate.sql import query
+
+    rel = query(run_dir, sql)
+    if fmt == "table" and output is None:
+        rel.show(max_rows=max_rows, max_width=10_000)
+        return
+    table = rel.arrow()
+    table = table.read_all() if hasattr(table, "read_all") else table
+    if fmt == "parquet":
+        if not output:
+            raise CurateError("--format parquet needs --output FILE")
+        pq.write_table(table, output)
+        return
+    if fmt in ("csv", "table"):
+        sink = output or sys.stdout.buffer
+        pacsv.write_csv(table, sink)
+        if output is None:
+            sys.stdout.flush()
+        return
+    text = "\n".join(json.dumps(r, ensure_ascii=False, default=str) for r in table.to_pylist())
+    if output:
+        Path(output).write_text(text + "\n")
+    else:
+        click.echo(text)
+
+
+@cli.command()
+def models() -> None:
+    """List the embedded models and where their weights are."""
+    from curate.models import list_models
+
+    for m in list_models():
+        click.echo(f"{m['name']:<14} {m['task']:<10} {m['package']}\n"
+                   f"{'':<14} {m['description']}\n{'':<14} weights: {m['weights']}")
+
+
+@cli.command()
+def scorers() -> None:
+    """List the registered scorers, their options and columns."""
+    import dataclasses
+
+    from curate.scorer import SCORERS, scorer_names
+
+    for name in scorer_names():
+        cls = SCORERS[name]
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        click.echo(f"{name}  (v{cls.version}; options: {opts or 'none'})")
+        click.echo(f"    columns: {', '.join(cls.columns)}")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        if doc:
+            click.echo(f"    {doc[0]}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.argument("row_id")
+def explain(run_dir: str, row_id: str) -> None:
+    """Why row ROW_ID was kept or dropped (stage, reason, kept twin, scores)."""
+    from curate.explain import explain as explain_row
+
+    info = explain_row(run_dir, row_id)
+    click.echo(f"{info['id']}: {info['verdict'].upper()}")
+    for key in ("stage", "reason", "detail", "cluster", "representative"):
+        if key in info:
+            click.echo(f"  {key}: {info[key]}")
+    if info.get("kept_twin"):
+        click.echo(f"  kept twin: {json.dumps(_short(info['kept_twin']), ensure_ascii=False)}")
+    for k, v in (info.get("scores") or {}).items():
+        click.echo(f"  score {k} = {v}")
+    if info.get("row"):
+        click.echo(f"  row: {json.dumps(_short(info['row']), ensure_ascii=False, default=str)}")
+
+
+def _short(row: dict[str, Any], limit: int = 300) -> dict[str, Any]:
+    text = {k: v for k, v in row.items() if not k.startswith("raw_")}
+    s = json.dumps(text, ensure_ascii=False, default=str)
+    return text if len(s) <= limit else {"preview": s[:limit] + "..."}
+
+
+def main() -> None:
+    """Entry point: user errors are one line on stderr and exit code 2."""
+    try:
+        cli(standalone_mode=False)
+    except CurateError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

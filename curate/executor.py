@@ -1,0 +1,275 @@
+"""The local executor: runs a Pipeline into a run directory, streaming the data.
+
+Stages: ingest (input files -> ``data/`` parts), then the pipeline's steps in
+order over the rows still alive: score steps compute (or fetch from the cache)
+columns for those rows; filter and select steps are global decisions over the
+compact score frame. Finally ``selected/``, ``rejected/`` and ``scores/`` are
+written and the row accounting is checked before the manifest says complete.
+A run that is killed is resumed by running the same command again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate import selection
+from curate.cache import ScorerCache
+from curate.errors import CurateError, RunError
+from curate.hashing import hash_json
+from curate.ingest import IngestStats, ingest
+from curate.models import cache_home
+from curate.pipeline import Filter, Pipeline, Score, Select
+from curate.progress import Log
+from curate.readers import fingerprint, list_files
+from curate.run import REJECTED_SCHEMA, Run, prepare_output, write_json, write_table
+from curate.schema import CANONICAL
+from curate.scorer import Scorer, get_scorer
+
+FRAME_BASE = ("id", "source")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer]) -> None:
+    """Column contracts, checked before any data moves."""
+    available = set(FRAME_BASE)
+    for i, step in enumerate(pipe.steps):
+        if isinstance(step, Score):
+            clash = set(scorers[i].columns) & available
+            if clash:
+                raise CurateError(f"step {i + 1} (score {step.scorer}) writes column(s) "
+                                  f"{sorted(clash)} that already exist")
+            available |= set(scorers[i].columns)
+        elif isinstance(step, Filter):
+            missing = set(step.expr().meta.root_names()) - available
+            if missing:
+                raise CurateError(f"step {i + 1} (filter {step.label!r}) uses unknown column(s) "
+                                  f"{sorted(missing)}; available: {', '.join(sorted(available))}")
+        elif isinstance(step, Select):
+            if step.strategy not in selection.STRATEGIES:
+                raise CurateError(f"step {i + 1}: unknown selection strategy {step.strategy!r}; "
+                                  f"choose one of {', '.join(sorted(selection.STRATEGIES))}")
+            by = step.options.get("by")
+            if by is not None and by not in available:
+                raise CurateError(f"step {i + 1} (select {step.strategy}) sorts by unknown column "
+                                  f"{by!r}; available: {', '.join(sorted(available))}")
+
+
+def _rejected(ids: pl.Series, stage: str, reason: str) -> pl.DataFrame:
+    n = len(ids)
+    return pl.DataFrame({"id": ids, "stage": [stage] * n, "reason": [reason] * n,
+                         "detail": [None] * n, "cluster": [None] * n, "representative": [None] * n},
+                        schema={f.name: pl.String for f in REJECTED_SCHEMA})
+
+
+class LocalExecutor:
+    """Runs one pipeline into one run directory on this machine."""
+
+    def __init__(self, pipe: Pipeline, output: str | Path, *, overwrite: bool = False,
+                 quiet: bool = False, cache_dir: str | Path | None | bool = None,
+                 chunk_rows: int = 10_000, batch_rows: int = 256, flush_rows: int = 4096):
+        if pipe.source.path is None:
+            raise CurateError("the pipeline has no input: pass --input (CLI) or read(path)")
+        self.pipe = pipe
+        self.output = Path(output)
+        self.overwrite = overwrite
+        self.log = Log(quiet)
+        self.cache_root = (None if cache_dir is False else
+                           Path(cache_dir) if cache_dir else cache_home() / "scores")
+        self.chunk_rows, self.batch_rows, self.flush_rows = chunk_rows, batch_rows, flush_rows
+        self.scorers = {i: get_scorer(s.scorer, **s.config)
+                        for i, s in enumerate(pipe.steps) if isinstance(s, Score)}
+
+    # --- the whole run --------------------------------------------------------
+
+    def run(self) -> Run:
+        t0 = time.monotonic()
+        root = Path(self.pipe.source.path)
+        files = list_files(root)
+        _check_plan(self.pipe, self.scorers)
+        input_fp = fingerprint(files, root)
+        spec = self.pipe.spec()
+        run_key = hash_json([spec, input_fp])
+        run, resuming = prepare_output(self.output, run_key, overwrite=self.overwrite)
+        self.log.info(f"{'resuming' if resuming else 'starting'} run {run.path} "
+                      f"({self.pipe.name}, {len(files)} input file(s))")
+        manifest: dict[str, Any] = {
+            "status": "running", "run_key": run_key, "started": _now(),
+            "curate_version": pkg_version("curate"),
+            "pipeline": spec, "plan": self.pipe.explain(),
+            "input": {"path": str(root.resolve()), "files": [str(f.relative_to(root)) if f != root
+                                                             else f.name for f in files],
+                      "fingerprint": input_fp},
+            "models": {s.name: s.model_fingerprint() for s in self.scorers.values()},
+            "stages": [], "scorers": {}, "timings": {},
+        }
+        run.write_manifest(manifest)
+        try:
+            self._run(run, manifest, resuming)
+        except BaseException as err:
+            manifest.update(status="failed", error=f"{type(err).__name__}: {err}", finished=_now())
+            run.write_manifest(manifest)
+            raise
+        manifest["timings"]["total_s"] = round(time.monotonic() - t0, 3)
+        manifest.update(status="complete", finished=_now())
+        run.write_manifest(manifest)
+        shutil.rmtree(run.work, ignore_errors=True)
+        return run
+
+    def _run(self, run: Run, manifest: dict[str, Any], resuming: bool) -> None:
+        t = time.monotonic()
+        stats, ingest_rejected = self._ingest(run, manifest["input"]["fingerprint"], resuming)
+        manifest["timings"]["ingest_s"] = round(time.monotonic() - t, 3)
+        manifest["input"].update(kind=stats.kind, adapters=stats.adapters)
+        manifest["counts"] = {"input": stats.rows_read, "ingest_rejected": ingest_rejected.height}
+        manifest["stages"].append({"stage": "ingest", "in": stats.rows_read, "out": stats.rows_ok,
+                                   "rejected": dict(sorted(stats.bad_reasons.items()))})
+        if ingest_rejected.height:
+            self.log.info(f"ingest: {ingest_rejected.height} of {stats.rows_read} rows rejected "
+                          f"as bad rows ({', '.join(f'{k}: {v}' for k, v in stats.bad_reasons.items())})")
+        parts = sorted(run.dir("data").glob("*.parquet"))
+        frame = pl.concat([pl.read_parquet(p, columns=list(FRAME_BASE)).with_columns(
+            _part=pl.lit(p.name)) for p in parts]).with_columns(_alive=pl.lit(True))
+        rejected = [ingest_rejected]
+        for i, step in enumerate(self.pipe.steps):
+            t = time.monotonic()
+            alive = frame.filter("_alive")
+            if isinstance(step, Score):
+                scorer = self.scorers[i]
+                scores, info = self._score(scorer, alive, parts, stats.kind)
+                frame = frame.join(scores, on="id", how="left")
+                manifest["scorers"][scorer.name] = info
+                manifest["stages"].append({"stage": f"score:{scorer.name}", "in": alive.height,
+                                           "out": alive.height, **info})
+                continue
+            if isinstance(step, Filter):
+                keep = alive.select(step.expr().fill_null(False)).to_series()
+                stage, reason = "filter", step.label
+            else:
+                keep = selection.select(alive.drop("_alive", "_part"), step.strategy, step.budget,
+                                        step.options)
+                stage = "select"
+                reason = f"not selected by {step.strategy} (budget {step.budget})"
+            dropped = alive.filter(~keep)["id"]
+            rejected.append(_rejected(dropped, stage, reason))
+            frame = frame.with_columns(_alive=pl.col("_alive") & ~pl.col("id").is_in(dropped.implode()))
+            manifest["stages"].append({"stage": stage, "label": reason if stage == "select" else step.label,
+                                       "in": alive.height, "out": alive.height - len(dropped),
+                                       "seconds": round(time.monotonic() - t, 3)})
+            self.log.info(f"{stage} {reason if stage == 'select' else step.label}: "
+                          f"kept {alive.height - len(dropped)} of {alive.height}")
+        t = time.monotonic()
+        self._write_outputs(run, frame, pl.concat(rejected), parts)
+        manifest["timings"]["write_s"] = round(time.monotonic() - t, 3)
+        manifest["counts"].update(self._check_counts(run, stats.rows_read))
+        self.log.info(f"selected {manifest['counts']['selected']} of {stats.rows_read} rows, "
+                      f"rejected {manifest['counts']['rejected']}")
+
+    # --- stages ----------------------------------------------------------------
+
+    def _ingest(self, run: Run, input_fp: str, resuming: bool) -> tuple[IngestStats, pl.DataFrame]:
+        state_path, rej_path = run.work / "ingest.json", run.work / "ingest_rejected.parquet"
+        if resuming and state_path.exists() and run.dir("data").exists():
+            state = json.loads(state_path.read_text())
+            if state.get("fingerprint") == input_fp:
+                self.log.info("ingest: reusing the finished ingest of the interrupted run")
+                stats = IngestStats(**state["stats"])
+                return stats, pl.read_parquet(rej_path)
+        staging = run.work / "data"
+        shutil.rmtree(staging, ignore_errors=True)
+        records: list[dict] = []
+        src = self.pipe.source
+        with self.log.bar("ingest") as bar:
+            stats = IngestStats()
+            for n, (table, bad, stats) in enumerate(ingest(src.path, kind=src.kind, adapter=src.adapter,
+                                                          chunk_rows=self.chunk_rows,
+                                                          on_rows=bar.update)):
+                if table is not None:
+                    write_table(table, staging / f"part-{n:05d}.parquet")
+                records.extend(bad)
+        rejected = pl.DataFrame(records or None, schema={f.name: pl.String for f in REJECTED_SCHEMA})
+        run.replace_dir("data", staging)
+        write_table(rejected.to_arrow(), rej_path)
+        write_json({"fingerprint": input_fp, "stats": stats.__dict__}, state_path)
+        self.log.info(f"ingest: {stats.rows_read} rows from {len(stats.files)} file(s), "
+                      f"kind {stats.kind}, layout {', '.join(sorted(set(stats.adapters.values())))}")
+        return stats, rejected
+
+    def _score(self, scorer: Scorer, alive: pl.DataFrame, parts: list[Path],
+               kind: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+        if kind not in scorer.kinds:
+            raise CurateError(f"scorer {scorer.name!r} does not accept {kind} rows "
+                              f"(it accepts {', '.join(scorer.kinds)})")
+        t = time.monotonic()
+        cache = ScorerCache(self.cache_root, scorer, flush_rows=self.flush_rows)
+        hits = cache.lookup(alive["id"])
+        todo = alive.join(hits.select("id"), on="id", how="anti")
+        info = {"cache_key": scorer.cache_key(), "rows": alive.height,
+                "from_cache": hits.height, "computed": todo.height}
+        if todo.height:
+            scorer.setup()
+            needed = ["id", *CANONICAL[kind]]
+            with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
+                for part, ids in todo.group_by("_part", maintain_order=True):
+                    table = pq.read_table(run_part(parts, part[0]), columns=needed)
+                    table = table.filter(pc.is_in(table["id"], value_set=ids["id"].to_arrow()))
+                    for batch in table.to_batches(max_chunksize=self.batch_rows):
+                        out = scorer.score_batch(batch)
+                        cache.add(out.add_column(0, "id", batch.column("id")))
+                        bar.update(batch.num_rows)
+            cache.flush()
+        info["seconds"] = round(time.monotonic() - t, 3)
+        self.log.info(f"score {scorer.name}: {alive.height} rows, {info['from_cache']} from cache, "
+                      f"{info['computed']} computed ({info['seconds']} s)")
+        return cache.lookup(alive["id"]), info
+
+    def _write_outputs(self, run: Run, frame: pl.DataFrame, rejected: pl.DataFrame,
+                       parts: list[Path]) -> None:
+        staging = run.work / "out"
+        shutil.rmtree(staging, ignore_errors=True)
+        keep_ids = frame.filter("_alive")["id"].to_arrow()
+        score_cols = [c for c in frame.columns if c not in (*FRAME_BASE, "_part", "_alive")]
+        for part in parts:
+            table = pq.read_table(part)
+            sel = table.filter(pc.is_in(table["id"], value_set=keep_ids))
+            write_table(sel, staging / "selected" / part.name)
+            scores = frame.filter(pl.col("_part") == part.name).select("id", *score_cols)
+            write_table(scores.to_arrow(), staging / "scores" / part.name)
+        write_table(rejected.to_arrow().cast(REJECTED_SCHEMA), staging / "rejected" / "part-00000.parquet")
+        for name in ("selected", "scores", "rejected"):
+            (staging / name).mkdir(parents=True, exist_ok=True)
+            run.replace_dir(name, staging / name)
+
+    def _check_counts(self, run: Run, rows_in: int) -> dict[str, int]:
+        sel = run.table("selected", columns=["id"])["id"]
+        rej = run.table("rejected", columns=["id"])["id"]
+        n_sel, n_rej = len(sel), len(rej)
+        all_ids = pa.chunked_array(sel.chunks + rej.chunks, pa.string())
+        distinct = len(pc.unique(all_ids))
+        if n_sel + n_rej != rows_in or distinct != rows_in:
+            raise RunError(f"row accounting failed for {run.path}: {rows_in} input rows but "
+                           f"{n_sel} selected + {n_rej} rejected ({distinct} distinct ids); "
+                           "this is a bug, please report it")
+        return {"selected": n_sel, "rejected": n_rej}
+
+
+def run_part(parts: list[Path], name: str) -> Path:
+    return next(p for p in parts if p.name == name)
+
+
+def run_pipeline(pipe: Pipeline, output: str | Path, **options: Any) -> Run:
+    """Run ``pipe`` into ``output`` with the local executor (see LocalExecutor for options)."""
+    return LocalExecutor(pipe, output, **options).run()

