@@ -21,6 +21,10 @@ from typing import Any
 import xxhash
 
 from curate.errors import ModelError
+
+# curate never downloads: models are embedded packages or local folders.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from curate.hashing import hash_text
 
 
@@ -129,6 +133,11 @@ def _hf_dir(ref: ModelRef) -> Path:
         tok = AutoTokenizer.from_pretrained(ref.path, gguf_file=ref.gguf_file)
         model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file)
         tok.save_pretrained(tmp)
+        # the weights are already dequantised to float: save them as a plain model
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(tmp)
         (tmp / "curate_source.json").write_text(json.dumps({"gguf": str(ref.path / ref.gguf_file),
                                                             "fingerprint": ref.fingerprint}))
