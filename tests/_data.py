@@ -1,4 +1,4 @@
-"""Small canonical tables built from REAL rows of /work/shared/data, for scorer tests.
+"""Small canonical tables built from REAL rows of tests/data, for scorer tests.
 
 These helpers convert the raw layouts themselves (independently of curate's
 adapters) so the tests know exactly what text each row holds.
@@ -14,7 +14,7 @@ import pytest
 
 from curate.schema import MESSAGES
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parent / "data"  # real public datasets, see data/README.md
 ALPACA = DATA / "llamafactory" / "alpaca_en_demo.parquet"
 DPO = DATA / "llamafactory" / "dpo_en_demo.parquet"
 C4 = DATA / "c4_demo" / "c4_demo.parquet"
@@ -25,9 +25,9 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
 def read_rows(path: Path, n: int | None = None) -> list[dict]:
-    """The first ``n`` rows (all when None) of a shared data file; skips the test if absent."""
+    """The first ``n`` rows (all when None) of a test data file; skips the test if absent."""
     if not path.exists():
-        pytest.skip(f"shared data file {path} is not available")
+        pytest.skip(f"test data file {path} is not available")
     table = pq.read_table(path)
     return (table if n is None else table.slice(0, n)).to_pylist()
 
