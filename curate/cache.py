@@ -23,15 +23,15 @@ from curate.scorer import Scorer
 class ScorerCache:
     """Cached scores of one scorer configuration."""
 
-    def __init__(self, root: Path | None, scorer: Scorer, flush_rows: int = 4096,
+    def __init__(self, root: Path | None, scorer: Scorer, kind: str, flush_rows: int = 4096,
                  flush_seconds: float = 20.0):
         self.scorer = scorer
-        self.dir = root / f"{scorer.name}-{scorer.cache_key()}" if root else None
+        self.dir = root / f"{scorer.name}-{kind}-{scorer.cache_key()}" if root else None
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_flush = time.monotonic()
-        schema = {"id": pl.String, **pl.from_arrow(scorer.output_schema().empty_table()).schema}
+        schema = {"id": pl.String, **pl.from_arrow(scorer.output_schema(kind).empty_table()).schema}
         self.known = pl.DataFrame(schema=schema)
         if self.dir and self.dir.exists():
             parts = sorted(self.dir.glob("*.parquet"))

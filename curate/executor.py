@@ -43,16 +43,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer]) -> None:
-    """Column contracts, checked before any data moves."""
+def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str) -> None:
+    """Column contracts, checked before any scorer runs."""
     available = set(FRAME_BASE)
     for i, step in enumerate(pipe.steps):
         if isinstance(step, Score):
-            clash = set(scorers[i].columns) & available
+            scorer = scorers[i]
+            if kind not in scorer.kinds:
+                raise CurateError(f"step {i + 1}: scorer {scorer.name!r} does not accept {kind} "
+                                  f"rows (it accepts {', '.join(scorer.kinds)})")
+            cols = set(scorer.columns_for(kind))
+            clash = cols & available
             if clash:
                 raise CurateError(f"step {i + 1} (score {step.scorer}) writes column(s) "
                                   f"{sorted(clash)} that already exist")
-            available |= set(scorers[i].columns)
+            available |= cols
         elif isinstance(step, Filter):
             missing = set(step.expr().meta.root_names()) - available
             if missing:
@@ -99,7 +104,9 @@ class LocalExecutor:
         t0 = time.monotonic()
         root = Path(self.pipe.source.path)
         files = list_files(root)
-        _check_plan(self.pipe, self.scorers)
+        if self.pipe.source.kind:
+            _check_plan(self.pipe, self.scorers, self.pipe.source.kind)
+        models = {s.name: s.model_fingerprint() for s in self.scorers.values()}  # resolves models
         input_fp = fingerprint(files, root)
         spec = self.pipe.spec()
         run_key = hash_json([spec, input_fp])
@@ -113,7 +120,7 @@ class LocalExecutor:
             "input": {"path": str(root.resolve()), "files": [str(f.relative_to(root)) if f != root
                                                              else f.name for f in files],
                       "fingerprint": input_fp},
-            "models": {s.name: s.model_fingerprint() for s in self.scorers.values()},
+            "models": models,
             "stages": [], "scorers": {}, "timings": {},
         }
         run.write_manifest(manifest)
@@ -140,6 +147,7 @@ class LocalExecutor:
         if ingest_rejected.height:
             self.log.info(f"ingest: {ingest_rejected.height} of {stats.rows_read} rows rejected "
                           f"as bad rows ({', '.join(f'{k}: {v}' for k, v in stats.bad_reasons.items())})")
+        _check_plan(self.pipe, self.scorers, stats.kind)
         parts = sorted(run.dir("data").glob("*.parquet"))
         frame = pl.concat([pl.read_parquet(p, columns=list(FRAME_BASE)).with_columns(
             _part=pl.lit(p.name)) for p in parts]).with_columns(_alive=pl.lit(True))
@@ -210,17 +218,16 @@ class LocalExecutor:
 
     def _score(self, scorer: Scorer, alive: pl.DataFrame, parts: list[Path],
                kind: str) -> tuple[pl.DataFrame, dict[str, Any]]:
-        if kind not in scorer.kinds:
-            raise CurateError(f"scorer {scorer.name!r} does not accept {kind} rows "
-                              f"(it accepts {', '.join(scorer.kinds)})")
         t = time.monotonic()
-        cache = ScorerCache(self.cache_root, scorer, flush_rows=self.flush_rows)
+        cache = ScorerCache(self.cache_root, scorer, kind, flush_rows=self.flush_rows)
         hits = cache.lookup(alive["id"])
         todo = alive.join(hits.select("id"), on="id", how="anti")
         info = {"cache_key": scorer.cache_key(), "rows": alive.height,
                 "from_cache": hits.height, "computed": todo.height}
         if todo.height:
+            self.log.info(f"score {scorer.name}: loading")
             scorer.setup()
+            info["setup"] = scorer.describe()
             needed = ["id", *CANONICAL[kind]]
             with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
                 for part, ids in todo.group_by("_part", maintain_order=True):

@@ -58,8 +58,17 @@ class Scorer:
         """Return one array (or list) per declared column, one value per row."""
         raise NotImplementedError
 
-    def output_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(n, t) for n, t in self.columns.items()])
+    def columns_for(self, kind: str) -> dict[str, pa.DataType]:
+        """Output columns for rows of ``kind`` (override when they differ by kind)."""
+        return self.columns
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the loaded scorer for the manifest (device, template, ...)."""
+        return {}
+
+    def output_schema(self, kind: str | None = None) -> pa.Schema:
+        cols = self.columns if kind is None else self.columns_for(kind)
+        return pa.schema([pa.field(n, t) for n, t in cols.items()])
 
     def cache_key(self) -> str:
         """Hash of everything the scores depend on apart from the row itself."""
@@ -69,21 +78,25 @@ class Scorer:
 
     def score_batch(self, batch: pa.RecordBatch) -> pa.Table:
         """Run ``score`` and check its output against the declared columns."""
+        from curate.schema import kind_of
+
+        kind = kind_of(batch.schema)
+        declared = self.columns_for(kind)
         out = self.score(batch)
-        missing = set(self.columns) - set(out)
-        extra = set(out) - set(self.columns)
+        missing = set(declared) - set(out)
+        extra = set(out) - set(declared)
         if missing or extra:
             raise RuntimeError(f"scorer {self.name!r} returned columns {sorted(out)}, "
-                               f"declared {sorted(self.columns)}")
+                               f"declared {sorted(declared)}")
         arrays = []
-        for col, typ in self.columns.items():
+        for col, typ in declared.items():
             arr = out[col]
             arr = arr.cast(typ) if isinstance(arr, pa.Array) else pa.array(arr, type=typ)
             if len(arr) != batch.num_rows:
                 raise RuntimeError(f"scorer {self.name!r} column {col!r} has {len(arr)} "
                                    f"values for {batch.num_rows} rows")
             arrays.append(arr)
-        return pa.Table.from_arrays(arrays, schema=self.output_schema())
+        return pa.Table.from_arrays(arrays, schema=self.output_schema(kind))
 
 
 SCORERS: dict[str, type[Scorer]] = {}
