@@ -21,11 +21,11 @@ from typing import Any
 import xxhash
 
 from curate.errors import ModelError
+from curate.hashing import hash_text
 
 # curate never downloads: models are embedded packages or local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-from curate.hashing import hash_text
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,16 @@ def _hf_dir(ref: ModelRef) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     try:
         tok = AutoTokenizer.from_pretrained(ref.path, gguf_file=ref.gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file)
-        tok.save_pretrained(tmp)
-        # the weights are already dequantised to float: save them as a plain model
+        try:  # ask for float weights explicitly, so the saved model is a plain one
+            from transformers import GgufConfig
+            extra = {"quantization_config": GgufConfig(dequantize=True)}
+        except ImportError:
+            extra = {}
+        model = AutoModelForCausalLM.from_pretrained(ref.path, gguf_file=ref.gguf_file, **extra)
         model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        tok.save_pretrained(tmp)
         model.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
         (tmp / "curate_source.json").write_text(json.dumps({"gguf": str(ref.path / ref.gguf_file),
                                                             "fingerprint": ref.fingerprint}))
         try:

@@ -1,0 +1,341 @@
+"""Perplexity of the answers under the target model, and the ratios built on it.
+
+Each row is rendered with the target model's own chat template (the text a
+trainer sees) and only assistant tokens count (each assistant turn's content
+and its end-of-turn token). Per row:
+
+- ``ppl_conditional``: perplexity of the assistant turns given the preceding turns;
+- ``ppl_unconditional``: perplexity of the assistant turns alone (rendered as a
+  conversation of only those turns);
+- ``ifd``: instruction-following difficulty (Cherry LLM / Superfiltering):
+  mean token loss given the instruction / mean token loss alone. Values are
+  written as computed; IFD >= 1 means the instruction does not help predict
+  the answer (often a misaligned or generic answer), and pipelines that use it
+  drop those rows (``ifd < 1``) before ranking by it;
+- ``logprob_conditional`` / ``logprob_unconditional``: mean log-probability per
+  answer token (natural log), and ``response_tokens``.
+
+Preference rows get the same columns for ``chosen_*`` and ``rejected_*`` plus
+``logprob_margin`` = chosen minus rejected mean conditional log-probability.
+Text rows get ``ppl``, ``logprob`` and ``tokens`` of the raw text (no template).
+
+A row longer than ``max_length`` tokens is cut there: scores cover the tokens
+that fit and ``ppl_truncated`` is true. A row with no answer tokens to score gets
+null scores and ``ppl_null_reason``; no NaN is ever written.
+
+Speed: the sequences of a batch are sorted by length and packed into forward
+passes of at most ``max_batch_tokens`` padded tokens; the LM head runs only on
+the positions whose next token is scored; ``torch.inference_mode``; the model
+loads once per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from curate.models import load_causal_lm, load_tokenizer, pick_device, resolve
+from curate.schema import kind_of
+from curate.scorer import Resources, Scorer, register
+
+log = logging.getLogger("curate.perplexity")
+
+PER_ANSWER = {
+    "ppl_conditional": pa.float64(),
+    "ppl_unconditional": pa.float64(),
+    "ifd": pa.float64(),
+    "logprob_conditional": pa.float64(),
+    "logprob_unconditional": pa.float64(),
+    "response_tokens": pa.int32(),
+}
+FLAGS = {"ppl_truncated": pa.bool_(), "ppl_null_reason": pa.string()}
+COLUMNS = {
+    "sft": {**PER_ANSWER, **FLAGS},
+    "preference": {**{f"chosen_{k}": v for k, v in PER_ANSWER.items()},
+                   **{f"rejected_{k}": v for k, v in PER_ANSWER.items()},
+                   "logprob_margin": pa.float64(), **FLAGS},
+    "text": {"ppl": pa.float64(), "logprob": pa.float64(), "tokens": pa.int32(), **FLAGS},
+}
+
+FALLBACK_TEMPLATE = "plain User:/Assistant: (the tokenizer has no chat template)"
+
+
+@dataclass
+class Sequence:
+    """Token ids and the positions whose token is scored."""
+
+    ids: list[int]
+    targets: list[int]  # positions t >= 1: score P(ids[t] | ids[:t])
+    truncated: bool = False
+
+
+@register
+@dataclass
+class Perplexity(Scorer):
+    """Conditional / unconditional perplexity, IFD and log-probabilities of the
+    answers under a causal LM (embedded ``smollm2-135m`` or a local model folder)."""
+
+    name: ClassVar[str] = "perplexity"
+    version: ClassVar[str] = "1"
+    columns: ClassVar[dict[str, pa.DataType]] = COLUMNS["sft"]
+    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0, memory_gb=2.0)
+
+    model: str = "smollm2-135m"
+    dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
+    max_length: int | None = None  # None: the model's context length
+    max_batch_tokens: int = 8192  # padded tokens per forward pass
+    device: str | None = field(default=None)  # None: cuda if available, else cpu
+
+    _tok = None  # loaded in setup(); plain class attributes, not config fields
+    _lm = None
+    _template = ""
+
+    # --- protocol ------------------------------------------------------------------
+
+    def columns_for(self, kind: str) -> dict[str, pa.DataType]:
+        return COLUMNS[kind]
+
+    def config(self) -> dict[str, Any]:
+        # device does not change the scores; the effective dtype does
+        return {"model": self.model, "dtype": self.effective_dtype(),
+                "max_length": self.max_length}
+
+    def effective_dtype(self) -> str:
+        if self.dtype:
+            return self.dtype
+        return "bfloat16" if pick_device(self.device).startswith("cuda") else "float32"
+
+    def model_fingerprint(self) -> str:
+        return resolve(self.model).fingerprint
+
+    def setup(self) -> None:
+        if self._lm is not None:
+            return
+        self._tok = load_tokenizer(self.model)
+        self._lm = load_causal_lm(self.model, device=self.device, dtype=self.effective_dtype())
+        if getattr(self._tok, "chat_template", None):
+            self._template = "chat template of the tokenizer"
+        else:
+            self._template = FALLBACK_TEMPLATE
+            log.warning("model %s has no chat template; using a plain User:/Assistant: template",
+                        self.model)
+
+    def describe(self) -> dict[str, Any]:
+        return {"template": self._template, "device": str(self._lm.device) if self._lm else None,
+                "dtype": self.effective_dtype(), "max_length": self.context_length()}
+
+    def context_length(self) -> int:
+        cfg = self._lm.config
+        ctx = getattr(cfg, "max_position_embeddings", None) or 2048
+        return min(self.max_length or ctx, ctx)
+
+    # --- rendering -------------------------------------------------------------------
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The conversation as the trainer sees it (chat template or the fallback)."""
+        if self._template != FALLBACK_TEMPLATE:
+            return self._tok.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        names = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+        eos = self._tok.eos_token or ""
+        text = "".join(f"{names[m['role']]}: {m['content']}{eos if m['role'] == 'assistant' else ''}\n\n"
+                       for m in messages)
+        return text + ("Assistant: " if add_generation_prompt else "")
+
+    def _scorable(self, content: str) -> bool:
+        for special in self._tok.all_special_tokens:
+            content = content.replace(special, "")
+        return bool(content.strip())
+
+    def conversation(self, messages: list[dict]) -> Sequence | None:
+        """Token ids of ``messages`` with every assistant turn as targets (None: nothing to score)."""
+        if not any(m["role"] == "assistant" and self._scorable(m["content"]) for m in messages):
+            return None
+        full = self.render(messages)
+        spans = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start = len(self.render(messages[:i], add_generation_prompt=True)) if i else 0
+            if i == 0:  # an answer with no turn before it: find where its content starts
+                start = full.find(m["content"]) if m["content"] else len(self.render([]))
+            end = len(self.render(messages[:i + 1]).rstrip())
+            if not full.startswith(self.render(messages[:i + 1]).rstrip()):
+                raise ValueError("chat template does not render turns as prefixes")
+            spans.append((start, end))
+        enc = self._tok(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        targets = [t for t, (a, b) in enumerate(offsets)
+                   if t >= 1 and b > a and any(s <= a < e for s, e in spans)]
+        return Sequence(ids, targets)
+
+    def answers_alone(self, messages: list[dict]) -> Sequence | None:
+        answers = [m for m in messages if m["role"] == "assistant"]
+        try:
+            return self.conversation(answers)
+        except Exception:  # templates that insist on a user turn first: plain answer text
+            return self.plain("\n".join(m["content"] for m in answers))
+
+    def plain(self, text: str) -> Sequence | None:
+        """Raw text (no template): every token after the first is a target."""
+        ids = self._tok(text, add_special_tokens=True)["input_ids"]
+        if len(ids) < 2 or not self._scorable(text):
+            return None
+        return Sequence(ids, list(range(1, len(ids))))
+
+    # --- model -----------------------------------------------------------------------
+
+    def _truncate(self, seq: Sequence) -> Sequence:
+        limit = self.context_length()
+        if len(seq.ids) <= limit:
+            return seq
+        return Sequence(seq.ids[:limit], [t for t in seq.targets if t < limit], True)
+
+    def logprobs(self, seqs: list[Sequence | None]) -> list[tuple[float, int] | None]:
+        """(sum of target log-probs, number of targets) per sequence, batched by length."""
+        import torch
+
+        lm = self._lm
+        out: list[tuple[float, int] | None] = [None] * len(seqs)
+        todo = [i for i, s in enumerate(seqs) if s is not None and s.targets]
+        todo.sort(key=lambda i: len(seqs[i].ids))
+        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
+        base = getattr(lm, lm.base_model_prefix, None)
+        head = lm.get_output_embeddings()
+        device = lm.device
+        for batch in _token_batches(todo, [len(s.ids) if s else 0 for s in seqs],
+                                    self.max_batch_tokens):
+            width = max(len(seqs[i].ids) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            rows, cols = [], []
+            for r, i in enumerate(batch):
+                s = seqs[i]
+                ids[r, :len(s.ids)] = torch.tensor(s.ids)
+                mask[r, :len(s.ids)] = 1
+                rows += [r] * len(s.targets)
+                cols += s.targets
+            rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+            with torch.inference_mode():
+                ids_d, mask_d = ids.to(device), mask.to(device)
+                if base is not None and head is not None:
+                    hidden = base(input_ids=ids_d, attention_mask=mask_d).last_hidden_state
+                    logits = head(hidden[rows_t.to(device), cols_t.to(device) - 1])
+                else:
+                    logits = lm(input_ids=ids_d, attention_mask=mask_d).logits[
+                        rows_t.to(device), cols_t.to(device) - 1]
+                lp = torch.log_softmax(logits.float(), dim=-1)
+                tok_lp = lp.gather(1, ids_d[rows_t.to(device), cols_t.to(device)][:, None])[:, 0]
+                sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
+                sums.index_add_(0, rows_t.to(device), tok_lp.double())
+            for r, i in enumerate(batch):
+                out[i] = (float(sums[r]), len(seqs[i].targets))
+        return out
+
+    # --- scoring ---------------------------------------------------------------------
+
+    def score(self, batch: pa.RecordBatch) -> dict[str, list]:
+        self.setup()
+        kind = kind_of(batch.schema)
+        if kind == "text":
+            return self._score_text(batch)
+        if kind == "sft":
+            convs = batch.column("messages").to_pylist()
+            res = self._score_answers([(c, c) for c in convs])
+            return {**{k: [r[k] for r in res] for k in PER_ANSWER}, **_flags(res)}
+        prompts = batch.column("prompt").to_pylist()
+        chosen = batch.column("chosen").to_pylist()
+        rejected = batch.column("rejected").to_pylist()
+        rc = self._score_answers([(p + c, c) for p, c in zip(prompts, chosen)])
+        rr = self._score_answers([(p + r, r) for p, r in zip(prompts, rejected)])
+        out = {f"chosen_{k}": [r[k] for r in rc] for k in PER_ANSWER}
+        out.update({f"rejected_{k}": [r[k] for r in rr] for k in PER_ANSWER})
+        out["logprob_margin"] = [None if a["logprob_conditional"] is None or b["logprob_conditional"] is None
+                                 else a["logprob_conditional"] - b["logprob_conditional"]
+                                 for a, b in zip(rc, rr)]
+        merged = [{"truncated": a["truncated"] or b["truncated"],
+                   "reason": a["reason"] or (f"rejected: {b['reason']}" if b["reason"] else None)}
+                  for a, b in zip(rc, rr)]
+        out.update(_flags(merged))
+        return out
+
+    def _score_answers(self, rows: list[tuple[list[dict], list[dict]]]) -> list[dict]:
+        """rows: (conversation, its answer turns). Returns one result dict per row."""
+        cond, alone = [], []
+        for conv, answers in rows:
+            c = self.conversation(conv)
+            a = self.answers_alone([m for m in answers if m["role"] == "assistant"]) if c else None
+            cond.append(self._truncate(c) if c else None)
+            alone.append(self._truncate(a) if a else None)
+        lp_c, lp_a = self.logprobs(cond), self.logprobs(alone)
+        results = []
+        for c, a, x, y in zip(cond, alone, lp_c, lp_a):
+            r = {k: None for k in PER_ANSWER}
+            r["truncated"] = bool((c and c.truncated) or (a and a.truncated))
+            r["reason"] = None
+            if c is None:
+                r["reason"] = "no answer tokens to score"
+            elif x is None:
+                r["reason"] = "answer starts beyond the context length"
+            else:
+                mean_c = x[0] / x[1]
+                r.update(logprob_conditional=mean_c, ppl_conditional=_exp(-mean_c),
+                         response_tokens=x[1])
+                if y is not None:
+                    mean_a = y[0] / y[1]
+                    r.update(logprob_unconditional=mean_a, ppl_unconditional=_exp(-mean_a),
+                             ifd=(mean_c / mean_a) if mean_a != 0 else None)
+                for k in ("ppl_conditional", "ppl_unconditional", "ifd"):
+                    if r[k] is not None and not math.isfinite(r[k]):
+                        r[k] = None
+                        r["reason"] = f"non-finite {k}"
+            results.append(r)
+        return results
+
+    def _score_text(self, batch: pa.RecordBatch) -> dict[str, list]:
+        texts = [t or "" for t in batch.column("text").to_pylist()]
+        seqs = [self.plain(t) for t in texts]
+        seqs = [self._truncate(s) if s else None for s in seqs]
+        lps = self.logprobs(seqs)
+        out = {"ppl": [], "logprob": [], "tokens": [], "ppl_truncated": [], "ppl_null_reason": []}
+        for s, lp in zip(seqs, lps):
+            mean = lp[0] / lp[1] if lp else None
+            ppl = _exp(-mean) if mean is not None else None
+            ppl = ppl if ppl is not None and math.isfinite(ppl) else None
+            out["ppl"].append(ppl)
+            out["logprob"].append(mean)
+            out["tokens"].append(lp[1] if lp else None)
+            out["ppl_truncated"].append(bool(s and s.truncated))
+            out["ppl_null_reason"].append(None if ppl is not None else "no tokens to score")
+        return out
+
+
+def _exp(x: float) -> float | None:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return None
+
+
+def _flags(results: list[dict]) -> dict[str, list]:
+    return {"ppl_truncated": [r["truncated"] for r in results],
+            "ppl_null_reason": [r["reason"] for r in results]}
+
+
+def _token_batches(order: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Group indices (already sorted by length) so that rows x longest <= max_tokens."""
+    batches, cur, longest = [], [], 0
+    for i in order:
+        n = lengths[i]
+        if cur and max(longest, n) * (len(cur) + 1) > max_tokens:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, n)
+    if cur:
+        batches.append(cur)
+    return batches

@@ -1,0 +1,157 @@
+"""Perplexity scorer: batched values equal a plain forward pass, sensible
+orderings, and bad rows get null scores with a reason (never NaN)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import DATA, curate_cli
+from curate.models import _hf_dir, resolve
+from curate.schema import MESSAGES
+from curate.scorer import get_scorer
+from scorers.perplexity import FALLBACK_TEMPLATE
+
+ALPACA = DATA / "llamafactory" / "alpaca_en_demo.parquet"
+
+
+def short_alpaca(n: int, max_chars: int = 300) -> list[dict]:
+    """``n`` real alpaca rows with short answers (mixed lengths), as message lists."""
+    rows = pq.read_table(ALPACA).to_pylist()
+    rows = [r for r in rows if len(r["output"]) <= max_chars][:n]
+    return [[{"role": "user", "content": r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")},
+             {"role": "assistant", "content": r["output"]}] for r in rows]
+
+
+def sft_batch(convs: list[list[dict]]) -> pa.RecordBatch:
+    return pa.table({"id": [str(i) for i in range(len(convs))],
+                     "messages": pa.array(convs, MESSAGES)}).to_batches()[0]
+
+
+@pytest.fixture(scope="module")
+def ppl():
+    scorer = get_scorer("perplexity", max_batch_tokens=2048)
+    scorer.setup()
+    return scorer
+
+
+def reference_mean_logprob(scorer, seq) -> float:
+    """One row alone, plain transformers forward over the full logits."""
+    with torch.inference_mode():
+        logits = scorer._lm(torch.tensor([seq.ids])).logits.float()[0]
+    lp = torch.log_softmax(logits, -1)
+    vals = [lp[t - 1, seq.ids[t]].item() for t in seq.targets]
+    return sum(vals) / len(vals)
+
+
+def test_batched_equals_one_row_forward(ppl):
+    convs = short_alpaca(6)
+    lengths = [len(ppl.conversation(c).ids) for c in convs]
+    assert max(lengths) > 2 * min(lengths)  # mixed lengths, so padding is exercised
+    out = ppl.score_batch(sft_batch(convs)).to_pylist()
+    for conv, row in zip(convs, out):
+        cond = reference_mean_logprob(ppl, ppl.conversation(conv))
+        alone = reference_mean_logprob(ppl, ppl.answers_alone(conv[1:]))
+        assert row["logprob_conditional"] == pytest.approx(cond, rel=1e-3)
+        assert row["logprob_unconditional"] == pytest.approx(alone, rel=1e-3)
+        assert row["ppl_conditional"] == pytest.approx(math.exp(-cond), rel=1e-3)
+        assert row["ifd"] == pytest.approx(cond / alone, rel=1e-3)
+        assert row["ppl_null_reason"] is None and row["ppl_truncated"] is False
+
+
+def test_targets_are_exactly_the_answer_and_end_of_turn(ppl):
+    conv = short_alpaca(1)[0]
+    seq = ppl.conversation(conv)
+    text = ppl._tok.decode([seq.ids[t] for t in seq.targets])
+    assert text == conv[1]["content"] + "<|im_end|>"
+
+
+def test_own_instruction_beats_unrelated_instruction(ppl):
+    convs = short_alpaca(4)
+    swapped = [[convs[(i + 1) % 4][0], convs[i][1]] for i in range(4)]
+    own = ppl.score_batch(sft_batch(convs)).column("ppl_conditional").to_pylist()
+    other = ppl.score_batch(sft_batch(swapped)).column("ppl_conditional").to_pylist()
+    assert all(a < b for a, b in zip(own, other)), (own, other)
+
+
+def test_bad_rows_get_null_and_reason_never_nan(ppl):
+    good = short_alpaca(1)[0]
+    convs = [
+        [good[0], {"role": "assistant", "content": ""}],
+        [good[0], {"role": "assistant", "content": "   \n "}],
+        [good[0], {"role": "assistant", "content": "<|im_end|>"}],
+        good,
+    ]
+    rows = ppl.score_batch(sft_batch(convs)).to_pylist()
+    for r in rows[:3]:
+        assert r["ppl_conditional"] is None and r["ifd"] is None
+        assert r["ppl_null_reason"] == "no answer tokens to score"
+    assert rows[3]["ppl_conditional"] > 1
+    for r in rows:
+        for v in r.values():
+            assert not (isinstance(v, float) and math.isnan(v))
+
+
+def test_long_rows_are_cut_and_flagged():
+    scorer = get_scorer("perplexity", max_length=48)
+    scorer.setup()
+    convs = short_alpaca(2)
+    long_prompt = [{"role": "user", "content": "word " * 200}, convs[0][1]]
+    rows = scorer.score_batch(sft_batch([convs[0], long_prompt])).to_pylist()
+    assert rows[0]["ppl_truncated"] is True  # answer partly beyond 48 tokens
+    assert rows[0]["ppl_conditional"] is not None and rows[0]["response_tokens"] < 48
+    assert rows[1]["ppl_conditional"] is None
+    assert rows[1]["ppl_null_reason"] == "answer starts beyond the context length"
+
+
+def test_preference_rows_score_both_sides(ppl):
+    prompt = short_alpaca(1)[0][:1]
+    good_answer = short_alpaca(1)[0][1:]
+    bad_answer = [{"role": "assistant", "content": "Banana telescope purple the of seventeen."}]
+    table = pa.table({"id": ["p"], "prompt": pa.array([prompt], MESSAGES),
+                      "chosen": pa.array([good_answer], MESSAGES),
+                      "rejected": pa.array([bad_answer], MESSAGES)})
+    row = ppl.score_batch(table.to_batches()[0]).to_pylist()[0]
+    assert row["chosen_ppl_conditional"] < row["rejected_ppl_conditional"]
+    assert row["logprob_margin"] == pytest.approx(
+        row["chosen_logprob_conditional"] - row["rejected_logprob_conditional"])
+    assert row["logprob_margin"] > 0
+
+
+def test_model_without_chat_template_falls_back(tmp_path, caplog):
+    src = _hf_dir(resolve("smollm2-135m"))
+    local = tmp_path / "model"
+    shutil.copytree(src, local)
+    (local / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((local / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (local / "tokenizer_config.json").write_text(json.dumps(cfg))
+    scorer = get_scorer("perplexity", model=str(local))
+    with caplog.at_level("WARNING"):
+        scorer.setup()
+    assert scorer.describe()["template"] == FALLBACK_TEMPLATE
+    assert "no chat template" in caplog.text
+    row = scorer.score_batch(sft_batch(short_alpaca(1))).to_pylist()[0]
+    assert row["ppl_conditional"] > 1 and row["ifd"] > 0
+
+
+def test_cli_score_and_sql(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    rows = pl.read_parquet(ALPACA).filter(pl.col("output").str.len_chars() < 200).head(5)
+    rows.write_parquet(src / "rows.parquet")
+    out = tmp_path / "P"
+    curate_cli("score", src, "--scorer", "perplexity", "--output", out, "--cache-dir", tmp_path / "c")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["scorers"]["perplexity"]["setup"]["template"] == "chat template of the tokenizer"
+    scores = pl.read_parquet(next((out / "scores").glob("*.parquet")))
+    assert scores.height == 5 and scores["ifd"].null_count() == 0
+    avg = curate_cli("sql", out, "select avg(ifd) from scores", "--format", "csv").stdout.splitlines()[-1]
+    assert float(avg) == pytest.approx(scores["ifd"].mean())
