@@ -155,9 +155,6 @@ def alpaca(row: Row) -> Row:
 
 def _ranked_responses(row: Row) -> list[tuple[str, float]]:
     """(response, score) pairs of a multi-response row; higher score is better."""
-    if isinstance(row.get("output"), (list, tuple)):  # ordered best first
-        outs = list(row["output"])
-        return [(_str(o, "output"), float(len(outs) - i)) for i, o in enumerate(outs)]
     if isinstance(row.get("completions"), (list, tuple)):  # UltraFeedback style
         pairs = []
         for c in row["completions"]:
@@ -179,8 +176,16 @@ def _ranked_responses(row: Row) -> list[tuple[str, float]]:
 
 
 def ranked(row: Row) -> Row:
-    """Several rated responses to one prompt become one pair: best vs worst
-    (the first of equal scores wins)."""
+    """Several rated responses to one prompt become one pair. An ``output`` list is
+    ordered best first (LLaMA-Factory ranking data): ``output[0]`` vs ``output[1]``.
+    Scored responses: highest vs lowest score (the first of equal scores wins)."""
+    if isinstance(row.get("output"), (list, tuple)):
+        outs = list(row["output"])
+        if len(outs) < 2:
+            raise BadRow(f"{len(outs)} response(s); a preference pair needs two")
+        return {"prompt": _user_prompt(row.get("instruction", row.get("prompt")), row.get("input"),
+                                       row.get("system"), row.get("history")),
+                "chosen": _answer(outs[0], "output[0]"), "rejected": _answer(outs[1], "output[1]")}
     pairs = _ranked_responses(row)
     if len(pairs) < 2:
         raise BadRow(f"{len(pairs)} response(s); a preference pair needs two")

@@ -224,6 +224,8 @@ def sql(run_dir: str, sql: str, fmt: str, output: str | None, max_rows: int) -> 
 
     from curate.sql import query
 
+    if output and Path(run_dir).resolve() in Path(output).resolve().parents:
+        raise CurateError(f"--output {output} is inside the run {run_dir}; write results elsewhere")
     rel = query(run_dir, sql)
     if fmt == "table" and output is None:
         rel.show(max_rows=max_rows, max_width=10_000)
@@ -246,6 +248,28 @@ def sql(run_dir: str, sql: str, fmt: str, output: str | None, max_rows: int) -> 
         Path(output).write_text(text + "\n")
     else:
         click.echo(text)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--by", default="logprob_conditional", show_default=True,
+              help="Score or rating column: highest becomes chosen, lowest rejected.")
+@click.option("--only-selected", is_flag=True, help="Use only the run's selected rows.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Parquet file to write (ingest it as a preference dataset).")
+def pairs(run_dir: str, by: str, only_selected: bool, output: str) -> None:
+    """Build preference pairs from an SFT run's answers to the same prompt.
+
+    With the perplexity scorer's logprob_conditional (the default) the pair is
+    the answer the target model finds most probable vs the least probable
+    (GRAPE-style); pass --by with a rating column to pair by rating instead.
+    """
+    from curate.pairs import build_pairs
+
+    counts = build_pairs(run_dir, output, by=by, only_selected=only_selected)
+    click.echo(f"{counts['pairs']} pairs from {counts['prompts_with_several_answers']} prompts with "
+               f"several answers ({counts['ties']} ties skipped): {output}", err=True)
+    click.echo(output)
 
 
 @cli.command()

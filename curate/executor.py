@@ -36,7 +36,7 @@ from curate.run import REJECTED_SCHEMA, Run, prepare_output, write_json, write_t
 from curate.schema import CANONICAL
 from curate.scorer import Scorer, get_scorer
 
-FRAME_BASE = ("id", "source")
+FRAME_BASE = ("id", "source", "prompt_id")
 
 
 def _now() -> str:
@@ -73,10 +73,13 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str) -> None:
                                   f"{by!r}; available: {', '.join(sorted(available))}")
 
 
-def _rejected(ids: pl.Series, stage: str, reason: str) -> pl.DataFrame:
+def _rejected(ids: pl.Series, stage: str, reason: str | pl.Series,
+              representative: pl.Series | None = None) -> pl.DataFrame:
     n = len(ids)
-    return pl.DataFrame({"id": ids, "stage": [stage] * n, "reason": [reason] * n,
-                         "detail": [None] * n, "cluster": [None] * n, "representative": [None] * n},
+    return pl.DataFrame({"id": ids, "stage": [stage] * n,
+                         "reason": reason if isinstance(reason, pl.Series) else [reason] * n,
+                         "detail": [None] * n, "cluster": [None] * n,
+                         "representative": representative if representative is not None else [None] * n},
                         schema={f.name: pl.String for f in REJECTED_SCHEMA})
 
 
@@ -110,7 +113,8 @@ class LocalExecutor:
         input_fp = fingerprint(files, root)
         spec = self.pipe.spec()
         run_key = hash_json([spec, input_fp])
-        run, resuming = prepare_output(self.output, run_key, overwrite=self.overwrite)
+        run, resuming = prepare_output(self.output, run_key, overwrite=self.overwrite,
+                                       input_root=root if root.is_dir() else root.parent)
         self.log.info(f"{'resuming' if resuming else 'starting'} run {run.path} "
                       f"({self.pipe.name}, {len(files)} input file(s))")
         manifest: dict[str, Any] = {
@@ -166,13 +170,17 @@ class LocalExecutor:
             if isinstance(step, Filter):
                 keep = alive.select(step.expr().fill_null(False)).to_series()
                 stage, reason = "filter", step.label
+                rejected.append(_rejected(alive.filter(~keep)["id"], stage, reason))
             else:
-                keep = selection.select(alive.drop("_alive", "_part"), step.strategy, step.budget,
-                                        step.options)
-                stage = "select"
+                decision = selection.select(alive.drop("_alive", "_part"), step.strategy,
+                                            step.budget, step.options)
+                keep, stage = decision.keep, "select"
                 reason = f"not selected by {step.strategy} (budget {step.budget})"
+                reasons = decision.reason.filter(~keep) if decision.reason is not None else reason
+                reps = (decision.representative.filter(~keep)
+                        if decision.representative is not None else None)
+                rejected.append(_rejected(alive.filter(~keep)["id"], stage, reasons, reps))
             dropped = alive.filter(~keep)["id"]
-            rejected.append(_rejected(dropped, stage, reason))
             frame = frame.with_columns(_alive=pl.col("_alive") & ~pl.col("id").is_in(dropped.implode()))
             manifest["stages"].append({"stage": stage, "label": reason if stage == "select" else step.label,
                                        "in": alive.height, "out": alive.height - len(dropped),

@@ -1,7 +1,8 @@
 """Ingest: raw files -> canonical Parquet parts with stable ids, bad rows set aside.
 
 Each input chunk becomes one part ``data/part-NNNNN.parquet`` holding ``id``, the
-canonical columns, ``source`` (file) and ``source_row``, and the original
+canonical columns, ``source`` (file), ``source_row``, ``prompt_id`` (hash of
+the prompt turns, shared by rows that answer the same prompt), and the original
 columns (renamed ``raw_<name>`` where a name is taken by a canonical column).
 Rows that cannot be trained on (null or empty messages, empty responses,
 non-string content, unknown roles) go to the rejected list with a reason.
@@ -21,9 +22,9 @@ from curate import adapters as ad
 from curate.errors import InputError
 from curate.hashing import hash_int, hash_text
 from curate.readers import Chunk, list_files, read_chunks
-from curate.schema import CANONICAL, KINDS
+from curate.schema import CANONICAL, KINDS, prompt_messages
 
-RESERVED = {"id", "source", "source_row"}
+RESERVED = {"id", "source", "source_row", "prompt_id"}
 
 
 @dataclass
@@ -55,9 +56,34 @@ def _canonical_json(values: dict[str, Any]) -> str:
                       default=str)
 
 
+def _prompt_id(kind: str, row: dict[str, Any]) -> str | None:
+    if kind == "text":
+        return None
+    prompt = row["prompt"] if kind == "preference" else prompt_messages(row["messages"])
+    return hash_text(_canonical_json(prompt))
+
+
 def _as_text(row: dict[str, Any]) -> dict[str, Any]:
     msgs = row.get("messages") or (row.get("prompt", []) + row.get("chosen", []))
     return {"text": "\n\n".join(m["content"] for m in msgs)}
+
+
+def _stable_types(table: pa.Table, seen: dict[str, pa.DataType]) -> pa.Table:
+    """Give each original column the type it had in the first chunk, so all parts
+    share one schema; a column that cannot take that type is kept as JSON text."""
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name)
+        want = seen.setdefault(name, col.type)
+        if col.type != want:
+            try:
+                col = col.cast(want)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                col = pa.array([None if v is None else v if isinstance(v, str)
+                                else json.dumps(v, ensure_ascii=False, default=str)
+                                for v in col.to_pylist()], pa.string())
+        cols[name] = col
+    return pa.table(cols) if cols else table
 
 
 def _originals(chunk: Chunk, keep: list[int], consumes: tuple[str, ...], kind: str) -> pa.Table:
@@ -101,6 +127,7 @@ def ingest(path: str | Path, *, kind: str | None = None, adapter: str | None = N
     forced = ad.get_adapter(adapter) if adapter else None
     stats = IngestStats(files=[str(f) for f in files], kind=kind)
     ids, bad_ids = RowIds(), RowIds()
+    seen_types: dict[str, pa.DataType] = {}
     dataset_kind: str | None = kind
     for file in files:
         rel = str(file.relative_to(root)) if file != root else file.name
@@ -151,7 +178,9 @@ def ingest(path: str | Path, *, kind: str | None = None, adapter: str | None = N
                     cols[name] = pa.array([r[name] for r in canon], typ)
                 cols["source"] = pa.array([rel] * len(keep), pa.string())
                 cols["source_row"] = pa.array([chunk.start + i for i in keep], pa.int64())
-                originals = _originals(chunk, keep, chosen.consumes, out_kind)
+                cols["prompt_id"] = pa.array([_prompt_id(out_kind, r) for r in canon], pa.string())
+                originals = _stable_types(_originals(chunk, keep, chosen.consumes, out_kind),
+                                          seen_types)
                 for name in originals.column_names:
                     cols[name] = originals.column(name)
                 table = pa.table(cols)

@@ -37,10 +37,21 @@ REJECTED_SCHEMA = pa.schema([
 OUTPUT_DIRS = ("data", "scores", "selected", "rejected")
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write Parquet atomically (temporary name in the same folder, then rename)."""
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path`` with the permissions a normal file would get."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    return fd, tmp
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write Parquet atomically (temporary name in the same folder, then rename)."""
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
@@ -52,8 +63,7 @@ def write_table(table: pa.Table, path: Path) -> None:
 
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, default=str)
     os.replace(tmp, path)
@@ -64,7 +74,20 @@ def read_dataset(folder: Path) -> pads.Dataset:
     files = sorted(str(p) for p in folder.glob("*.parquet"))
     if not files:
         return pads.dataset(pa.table({}), schema=pa.schema([]))
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    schemas = [pq.read_schema(f) for f in files]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        # an original column (from JSON/CSV) changed type between parts: read it as text
+        types: dict[str, set] = {}
+        for sch in schemas:
+            for f in sch:
+                types.setdefault(f.name, set()).add(f.type)
+        fields = {}
+        for sch in schemas:
+            for f in sch:
+                fields.setdefault(f.name, pa.field(f.name, pa.string()) if len(types[f.name]) > 1 else f)
+        schema = pa.schema(list(fields.values()))
     return pads.dataset(files, schema=schema, format="parquet")
 
 
@@ -134,21 +157,31 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> Run:
     return run
 
 
-def prepare_output(path: str | Path, run_key: str, *, overwrite: bool) -> tuple[Run, bool]:
+def prepare_output(path: str | Path, run_key: str, *, overwrite: bool,
+                   input_root: str | Path | None = None) -> tuple[Run, bool]:
     """Make ``path`` ready for the run ``run_key``; return (run, resuming).
 
     An existing directory holding the same run is resumed; one holding a
-    different run (or other files) is refused unless ``overwrite``.
+    different run is refused unless ``overwrite``. A directory that is not a
+    curate run, or that holds the input, is never deleted.
     """
     run = Run(path)
     if run.path.exists() and not run.path.is_dir():
         raise RunError(f"output {run.path} is a file, not a directory")
+    if input_root is not None:
+        out, src = run.path.resolve(), Path(input_root).resolve()
+        if out == src or out in src.parents:
+            raise RunError(f"output directory {run.path} contains the input {input_root}; "
+                           "choose an output outside the input")
     if run.path.exists() and any(run.path.iterdir()):
         try:
             manifest = run.manifest()
         except RunError:
             manifest = None
         same = manifest is not None and manifest.get("run_key") == run_key
+        if overwrite and (manifest is None or "run_key" not in manifest):
+            raise RunError(f"output directory {run.path} is not empty and is not a curate run; "
+                           "refusing to delete it even with --overwrite")
         if overwrite:
             shutil.rmtree(run.path)
         elif not same:

@@ -47,7 +47,8 @@ def _last_assistant(messages: Messages | None) -> str:
     return ""
 
 
-def _before_last_assistant(messages: Messages | None) -> Messages:
+def prompt_messages(messages: Messages | None) -> Messages:
+    """The turns before the last assistant turn (the prompt an SFT answer responds to)."""
     messages = list(messages or ())
     for i in range(len(messages) - 1, -1, -1):
         if messages[i]["role"] == "assistant":
@@ -88,7 +89,7 @@ def prompt_texts(batch: pa.RecordBatch | pa.Table) -> list[str]:
     (empty for the text kind)."""
     kind = kind_of(batch.schema)
     if kind == "sft":
-        rows = [_before_last_assistant(m) for m in batch.column("messages").to_pylist()]
+        rows = [prompt_messages(m) for m in batch.column("messages").to_pylist()]
     elif kind == "preference":
         rows = batch.column("prompt").to_pylist()
     else:

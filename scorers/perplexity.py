@@ -93,6 +93,7 @@ class Perplexity(Scorer):
     _tok = None  # loaded in setup(); plain class attributes, not config fields
     _lm = None
     _template = ""
+    _replicas: ClassVar[list] = []
 
     # --- protocol ------------------------------------------------------------------
 
@@ -117,6 +118,13 @@ class Perplexity(Scorer):
             return
         self._tok = load_tokenizer(self.model)
         self._lm = load_causal_lm(self.model, device=self.device, dtype=self.effective_dtype())
+        self._replicas = [self._lm]
+        if (self.device in (None, "cuda") and str(self._lm.device).startswith("cuda")):
+            import torch
+
+            for k in range(1, torch.cuda.device_count()):  # data parallel: one replica per GPU
+                self._replicas.append(load_causal_lm(self.model, device=f"cuda:{k}",
+                                                     dtype=self.effective_dtype()))
         if getattr(self._tok, "chat_template", None):
             self._template = "chat template of the tokenizer"
         else:
@@ -125,7 +133,8 @@ class Perplexity(Scorer):
                         self.model)
 
     def describe(self) -> dict[str, Any]:
-        return {"template": self._template, "device": str(self._lm.device) if self._lm else None,
+        return {"template": self._template,
+                "devices": [str(m.device) for m in self._replicas] if self._lm else None,
                 "dtype": self.effective_dtype(), "max_length": self.context_length()}
 
     def context_length(self) -> int:
@@ -196,19 +205,36 @@ class Perplexity(Scorer):
         return Sequence(seq.ids[:limit], [t for t in seq.targets if t < limit], True)
 
     def logprobs(self, seqs: list[Sequence | None]) -> list[tuple[float, int] | None]:
-        """(sum of target log-probs, number of targets) per sequence, batched by length."""
-        import torch
+        """(sum of target log-probs, number of targets) per sequence, batched by length.
 
-        lm = self._lm
+        With several GPU replicas (``device="cuda"`` and more than one visible GPU),
+        the batches are dealt round-robin to one thread per GPU."""
         out: list[tuple[float, int] | None] = [None] * len(seqs)
         todo = [i for i, s in enumerate(seqs) if s is not None and s.targets]
         todo.sort(key=lambda i: len(seqs[i].ids))
+        batches = _token_batches(todo, [len(s.ids) if s else 0 for s in seqs], self.max_batch_tokens)
+        replicas = self._replicas or [self._lm]
+        if len(replicas) == 1:
+            self._run_batches(replicas[0], seqs, batches, out)
+            return out
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            jobs = [pool.submit(self._run_batches, lm, seqs, batches[k::len(replicas)], out)
+                    for k, lm in enumerate(replicas)]
+            for job in jobs:
+                job.result()
+        return out
+
+    def _run_batches(self, lm, seqs: list[Sequence | None], batches: list[list[int]],
+                     out: list[tuple[float, int] | None]) -> None:
+        import torch
+
         pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
         base = getattr(lm, lm.base_model_prefix, None)
         head = lm.get_output_embeddings()
         device = lm.device
-        for batch in _token_batches(todo, [len(s.ids) if s else 0 for s in seqs],
-                                    self.max_batch_tokens):
+        for batch in batches:
             width = max(len(seqs[i].ids) for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -234,7 +260,6 @@ class Perplexity(Scorer):
                 sums.index_add_(0, rows_t.to(device), tok_lp.double())
             for r, i in enumerate(batch):
                 out[i] = (float(sums[r]), len(seqs[i].targets))
-        return out
 
     # --- scoring ---------------------------------------------------------------------
 
