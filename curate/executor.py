@@ -29,7 +29,8 @@ from curate.errors import CurateError, RunError
 from curate.hashing import hash_json
 from curate.ingest import IngestStats, ingest
 from curate.models import cache_home
-from curate.pipeline import Filter, Pipeline, Score, Select
+from curate import dedup
+from curate.pipeline import Dedup, Filter, Pipeline, Score, Select
 from curate.progress import Log
 from curate.readers import fingerprint, list_files
 from curate.run import REJECTED_SCHEMA, Run, prepare_output, write_json, write_table
@@ -63,6 +64,12 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str) -> None:
             if missing:
                 raise CurateError(f"step {i + 1} (filter {step.label!r}) uses unknown column(s) "
                                   f"{sorted(missing)}; available: {', '.join(sorted(available))}")
+        elif isinstance(step, Dedup):
+            keep = step.options.get("keep", "first")
+            if keep not in ("first", "longest") and keep not in available:
+                raise CurateError(f"step {i + 1} (dedup {step.method}) keeps by unknown column "
+                                  f"{keep!r}; use 'first', 'longest' or one of: "
+                                  f"{', '.join(sorted(available))}")
         elif isinstance(step, Select):
             if step.strategy not in selection.STRATEGIES:
                 raise CurateError(f"step {i + 1}: unknown selection strategy {step.strategy!r}; "
@@ -73,13 +80,18 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str) -> None:
                                   f"{by!r}; available: {', '.join(sorted(available))}")
 
 
-def _rejected(ids: pl.Series, stage: str, reason: str | pl.Series,
-              representative: pl.Series | None = None) -> pl.DataFrame:
+def _rejected(ids: pl.Series, stage: str, decision: selection.Decision | None = None,
+              reason: str = "", keep: pl.Series | None = None) -> pl.DataFrame:
+    """Rejected records for ``ids`` (the dropped rows, in the order of ``~keep``)."""
     n = len(ids)
-    return pl.DataFrame({"id": ids, "stage": [stage] * n,
-                         "reason": reason if isinstance(reason, pl.Series) else [reason] * n,
-                         "detail": [None] * n, "cluster": [None] * n,
-                         "representative": representative if representative is not None else [None] * n},
+
+    def col(name: str, default: str | None) -> pl.Series | list:
+        s = getattr(decision, name, None) if decision is not None else None
+        return s.filter(~keep) if s is not None else [default] * n
+
+    return pl.DataFrame({"id": ids, "stage": [stage] * n, "reason": col("reason", reason),
+                         "detail": col("detail", None), "cluster": col("cluster", None),
+                         "representative": col("representative", None)},
                         schema={f.name: pl.String for f in REJECTED_SCHEMA})
 
 
@@ -153,8 +165,9 @@ class LocalExecutor:
                           f"as bad rows ({', '.join(f'{k}: {v}' for k, v in stats.bad_reasons.items())})")
         _check_plan(self.pipe, self.scorers, stats.kind)
         parts = sorted(run.dir("data").glob("*.parquet"))
-        frame = pl.concat([pl.read_parquet(p, columns=list(FRAME_BASE)).with_columns(
-            _part=pl.lit(p.name)) for p in parts]).with_columns(_alive=pl.lit(True))
+        frame = (pl.concat([pl.read_parquet(p, columns=list(FRAME_BASE)).with_columns(
+            _part=pl.lit(p.name)) for p in parts])
+            .with_row_index("_order").with_columns(_alive=pl.lit(True)))
         rejected = [ingest_rejected]
         for i, step in enumerate(self.pipe.steps):
             t = time.monotonic()
@@ -170,22 +183,24 @@ class LocalExecutor:
             if isinstance(step, Filter):
                 keep = alive.select(step.expr().fill_null(False)).to_series()
                 stage, reason = "filter", step.label
-                rejected.append(_rejected(alive.filter(~keep)["id"], stage, reason))
-            else:
-                decision = selection.select(alive.drop("_alive", "_part"), step.strategy,
+                rejected.append(_rejected(alive.filter(~keep)["id"], stage, reason=reason))
+            elif isinstance(step, Select):
+                decision = selection.select(alive.drop("_alive", "_part", "_order"), step.strategy,
                                             step.budget, step.options)
                 keep, stage = decision.keep, "select"
                 reason = f"not selected by {step.strategy} (budget {step.budget})"
-                reasons = decision.reason.filter(~keep) if decision.reason is not None else reason
-                reps = (decision.representative.filter(~keep)
-                        if decision.representative is not None else None)
-                rejected.append(_rejected(alive.filter(~keep)["id"], stage, reasons, reps))
+                rejected.append(_rejected(alive.filter(~keep)["id"], stage, decision, reason, keep))
+            else:
+                decision = self._dedup(step, alive, parts, stats.kind)
+                keep, stage = decision.keep, "dedup"
+                reason = step.method
+                rejected.append(_rejected(alive.filter(~keep)["id"], stage, decision, reason, keep))
             dropped = alive.filter(~keep)["id"]
             frame = frame.with_columns(_alive=pl.col("_alive") & ~pl.col("id").is_in(dropped.implode()))
-            manifest["stages"].append({"stage": stage, "label": reason if stage == "select" else step.label,
+            manifest["stages"].append({"stage": stage, "label": reason if stage != "filter" else step.label,
                                        "in": alive.height, "out": alive.height - len(dropped),
                                        "seconds": round(time.monotonic() - t, 3)})
-            self.log.info(f"{stage} {reason if stage == 'select' else step.label}: "
+            self.log.info(f"{stage} {reason if stage != 'filter' else step.label}: "
                           f"kept {alive.height - len(dropped)} of {alive.height}")
         t = time.monotonic()
         self._write_outputs(run, frame, pl.concat(rejected), parts)
@@ -251,12 +266,42 @@ class LocalExecutor:
                       f"{info['computed']} computed ({info['seconds']} s)")
         return cache.lookup(alive["id"]), info
 
+    def _dedup(self, step: Dedup, alive: pl.DataFrame, parts: list[Path],
+               kind: str) -> selection.Decision:
+        o = step.options
+        frame = alive.drop("_alive")
+        if step.method == "exact":
+            return dedup.exact(frame, keep=o["keep"])
+        if step.method == "semantic":
+            return dedup.semantic(frame, eps=o["eps"], keep=o["keep"], n_clusters=o["n_clusters"],
+                                  seed=o["seed"])
+        if step.method == "decontaminate":
+            keep = frame["contamination_eval"].is_null()
+            reason = pl.Series([f"contaminated: shares a {o['ngram']}-gram with {e}" if e else None
+                                for e in frame["contamination_eval"]], dtype=pl.String)
+            return selection.Decision(keep, reason, detail=frame["contamination_ngram"])
+        self.log.info(f"dedup minhash: {dedup.tradeoff(o['threshold'], o['bands'], o['rows'])}")
+
+        def texts(ids: list[str]) -> dict[str, str]:
+            from scorers.minhash import field_texts
+
+            wanted = frame.filter(pl.col("id").is_in(ids))
+            out: dict[str, str] = {}
+            for part, group in wanted.group_by("_part"):
+                table = pq.read_table(run_part(parts, part[0]), columns=["id", *CANONICAL[kind]])
+                table = table.filter(pc.is_in(table["id"], value_set=group["id"].to_arrow()))
+                out.update(zip(table["id"].to_pylist(), field_texts(table, o["fields"])))
+            return out
+
+        return dedup.minhash(frame, threshold=o["threshold"], keep=o["keep"], verify=o["verify"],
+                             texts=texts, ngram=o["ngram"], shingle=o["shingle"])
+
     def _write_outputs(self, run: Run, frame: pl.DataFrame, rejected: pl.DataFrame,
                        parts: list[Path]) -> None:
         staging = run.work / "out"
         shutil.rmtree(staging, ignore_errors=True)
         keep_ids = frame.filter("_alive")["id"].to_arrow()
-        score_cols = [c for c in frame.columns if c not in (*FRAME_BASE, "_part", "_alive")]
+        score_cols = [c for c in frame.columns if c not in (*FRAME_BASE, "_part", "_alive", "_order")]
         for part in parts:
             table = pq.read_table(part)
             sel = table.filter(pc.is_in(table["id"], value_set=keep_ids))

@@ -60,7 +60,24 @@ class Select:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-Step = Score | Filter | Select
+@dataclass(frozen=True)
+class Dedup:
+    """A decision over dedup columns: ``exact``, ``minhash``, ``semantic`` or
+    ``decontaminate`` (drops rows that matched an evaluation set)."""
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+Step = Score | Filter | Select | Dedup
+
+DEDUP_OPTIONS: dict[str, dict[str, Any]] = {
+    "exact": {"fields": "all", "punctuation": True, "keep": "first"},
+    "minhash": {"threshold": 0.8, "num_perm": 128, "bands": None, "rows": None, "ngram": 5,
+                "shingle": "word", "fields": "all", "verify": True, "keep": "first", "seed": 1},
+    "semantic": {"eps": 0.05, "model": "minilm", "fields": "all", "n_clusters": None,
+                 "keep": "first", "seed": 0},
+}
 
 
 def _step_spec(step: Step) -> dict[str, Any]:
@@ -95,6 +112,60 @@ class Pipeline:
     def select(self, strategy: str, *, budget: int | None = None, **options: Any) -> Pipeline:
         """Choose ``budget`` rows (None: all) with a selection strategy (``random``, ``topk``, ...)."""
         return self._add(Select(strategy, budget, options))
+
+    def dedup(self, method: str = "minhash", **options: Any) -> Pipeline:
+        """Drop duplicates, keeping one row per cluster (``keep``: ``first``, ``longest``
+        or a score column, highest wins).
+
+        - ``exact``: same text after Unicode, case and whitespace normalisation
+          (``punctuation=False`` also ignores punctuation).
+        - ``minhash``: Jaccard of shingles >= ``threshold`` (word ``ngram``-grams, or
+          ``shingle="char"``), MinHash-LSH with ``num_perm`` permutations; ``bands`` x
+          ``rows`` chosen from the threshold unless given; ``verify`` checks each
+          candidate pair's exact Jaccard.
+        - ``semantic``: SemDeDup over sentence embeddings (``model``): k-means into
+          ``n_clusters`` (default sqrt(rows)), then cosine > 1 - ``eps`` is a duplicate.
+
+        ``fields``: ``all`` (whole conversation), ``prompt`` or ``response``.
+        """
+        from curate.dedup import check_threshold, choose_bands
+
+        if method not in DEDUP_OPTIONS:
+            raise CurateError(f"unknown dedup method {method!r}; choose one of "
+                              f"{', '.join(DEDUP_OPTIONS)}")
+        unknown = set(options) - set(DEDUP_OPTIONS[method])
+        if unknown:
+            raise CurateError(f"dedup {method!r} has no option(s) {sorted(unknown)}; "
+                              f"options: {', '.join(DEDUP_OPTIONS[method])}")
+        o = {**DEDUP_OPTIONS[method], **options}
+        if method == "exact":
+            score = Score("exact", {"fields": o["fields"], "punctuation": o["punctuation"]})
+            decision = Dedup("exact", {"keep": o["keep"]})
+        elif method == "minhash":
+            check_threshold(o["threshold"])
+            if (o["bands"] is None) != (o["rows"] is None):
+                raise CurateError("give both bands and rows, or neither")
+            if o["bands"] is None:
+                weights = (0.3, 0.7) if o["verify"] else (0.5, 0.5)
+                o["bands"], o["rows"] = choose_bands(o["threshold"], o["num_perm"], *weights)
+            score = Score("minhash", {k: o[k] for k in ("num_perm", "bands", "rows", "ngram",
+                                                       "shingle", "fields", "seed")})
+            decision = Dedup("minhash", {k: o[k] for k in ("threshold", "verify", "keep", "ngram",
+                                                          "shingle", "fields", "bands", "rows")})
+        else:
+            score = Score("embedding", {"model": o["model"], "fields": o["fields"]})
+            decision = Dedup("semantic", {k: o[k] for k in ("eps", "n_clusters", "keep", "seed")})
+        p = self if score in self.steps else self._add(score)
+        return p._add(decision)
+
+    def decontaminate(self, against: str | Path | list[str | Path], *, ngram: int = 13,
+                      fields: str = "all") -> Pipeline:
+        """Drop rows sharing a word ``ngram``-gram with any of the evaluation files."""
+        paths = [against] if isinstance(against, (str, Path)) else list(against)
+        score = Score("contamination", {"against": [str(Path(p).resolve()) for p in paths],
+                                        "ngram": ngram, "fields": fields})
+        p = self if score in self.steps else self._add(score)
+        return p._add(Dedup("decontaminate", {"ngram": ngram}))
 
     def with_input(self, path: str | Path, *, kind: str | None = None,
                    adapter: str | None = None) -> Pipeline:

@@ -19,11 +19,14 @@ from curate.errors import CurateError
 @dataclass
 class Decision:
     """What a strategy decided: ``keep`` per row, and for dropped rows optionally a
-    ``reason`` and the ``representative`` (id of the kept row that won over it)."""
+    ``reason``, the ``representative`` (id of the kept row that won over it) and
+    the ``cluster`` they share."""
 
     keep: pl.Series
     reason: pl.Series | None = None
     representative: pl.Series | None = None
+    cluster: pl.Series | None = None
+    detail: pl.Series | None = None
 
 
 Strategy = Callable[..., "pl.Series | Decision"]

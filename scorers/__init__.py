@@ -1,3 +1,3 @@
 """Scorer families. Importing this package registers every scorer by short name."""
 
-from scorers import perplexity, quality, text_stats  # noqa: F401
+from scorers import contamination, embedding, exact, minhash, perplexity, quality, text_stats  # noqa: F401

@@ -1,0 +1,36 @@
+"""Text normalisation and shingles shared by dedup and decontamination."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_SPACE = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+def normalize(text: str, *, punctuation: bool = True) -> str:
+    """NFKC, lower-case, whitespace collapsed; ``punctuation=False`` also drops punctuation."""
+    text = unicodedata.normalize("NFKC", text or "").lower()
+    if not punctuation:
+        text = _PUNCT.sub(" ", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def shingles(text: str, n: int = 5, kind: str = "word") -> list[str]:
+    """Shingles of the normalised text: word ``n``-grams (a text of fewer than ``n``
+    words is one shingle) or character ``n``-grams (for scripts without spaces).
+    Empty text has none."""
+    norm = normalize(text)
+    if not norm:
+        return []
+    if kind == "char":
+        if len(norm) <= n:
+            return [norm]
+        return list(dict.fromkeys(norm[i:i + n] for i in range(len(norm) - n + 1)))
+    if kind != "word":
+        raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
+    words = norm.split(" ")
+    if len(words) <= n:
+        return [norm]
+    return list(dict.fromkeys(" ".join(words[i:i + n]) for i in range(len(words) - n + 1)))

@@ -1,0 +1,87 @@
+"""Decontamination: does a row share a long word n-gram with an evaluation set?
+
+The evaluation files (any layout curate reads; every row is taken as its full
+text) are cut into word ``ngram``-grams of the normalised text (case, Unicode,
+punctuation and whitespace ignored); a training row whose text contains any of
+them is contaminated. The scorer records the first eval set and n-gram that
+matched; rows shorter than ``ngram`` words are never matched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.hashing import hash_int
+from curate.readers import fingerprint, list_files
+from curate.scorer import Scorer, register
+from curate.text import normalize
+from scorers.minhash import field_texts
+
+
+def word_ngrams(text: str, n: int) -> list[str]:
+    words = normalize(text, punctuation=False).split()
+    return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+@register
+@dataclass
+class Contamination(Scorer):
+    """First eval set and n-gram a row shares with the evaluation files (null: clean)."""
+
+    name: ClassVar[str] = "contamination"
+    version: ClassVar[str] = "1"
+    columns: ClassVar[dict[str, pa.DataType]] = {"contamination_eval": pa.string(),
+                                                 "contamination_ngram": pa.string()}
+
+    against: list[str] = field(default_factory=list)
+    ngram: int = 13
+    fields: str = "all"
+
+    _index = None
+
+    def __post_init__(self) -> None:
+        if not self.against:
+            raise CurateError("decontaminate needs at least one evaluation file (against=...)")
+        if self.ngram < 1:
+            raise CurateError(f"ngram must be >= 1, got {self.ngram}")
+        self.against = [str(Path(p).resolve()) for p in self.against]
+        for p in self.against:
+            if not Path(p).exists():
+                raise CurateError(f"evaluation set {p} does not exist")
+
+    def model_fingerprint(self) -> str:
+        return ";".join(f"{Path(p).name}:{fingerprint(list_files(p), Path(p))}" for p in self.against)
+
+    def setup(self) -> None:
+        from curate.ingest import ingest
+
+        if self._index is not None:
+            return
+        index: dict[int, str] = {}
+        for path in self.against:
+            name = Path(path).name
+            for table, _, _ in ingest(path, kind="text"):
+                if table is None:
+                    continue
+                for text in table.column("text").to_pylist():
+                    for g in word_ngrams(text, self.ngram):
+                        index.setdefault(hash_int(g), name)
+        self._index = index
+
+    def describe(self) -> dict[str, Any]:
+        return {"eval_ngrams": len(self._index or {})}
+
+    def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        self.setup()
+        evals, grams = [], []
+        for text in field_texts(batch, self.fields):
+            hit = next(((self._index[h], g) for g in word_ngrams(text, self.ngram)
+                        if (h := hash_int(g)) in self._index), (None, None))
+            evals.append(hit[0])
+            grams.append(hit[1])
+        return {"contamination_eval": evals, "contamination_ngram": grams}
