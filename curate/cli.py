@@ -195,6 +195,83 @@ def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], o
     _done(run, opts["quiet"])
 
 
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.option("--method", "-m", type=click.Choice(["exact", "minhash", "semantic"]),
+              default="minhash", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
+@click.option("--threshold", type=float, default=0.8, show_default=True,
+              help="minhash: Jaccard similarity of shingles that makes a duplicate, in (0, 1].")
+@click.option("--num-perm", type=click.IntRange(1), default=128, show_default=True,
+              help="minhash: permutations per signature.")
+@click.option("--bands", type=click.IntRange(1), default=None,
+              help="minhash: LSH bands (with --rows) [default: chosen from the threshold].")
+@click.option("--rows", type=click.IntRange(1), default=None, help="minhash: rows per band.")
+@click.option("--ngram", type=click.IntRange(1), default=5, show_default=True,
+              help="minhash: shingle size (words, or characters with --shingle char).")
+@click.option("--shingle", type=click.Choice(["word", "char"]), default="word", show_default=True,
+              help="minhash: word n-grams, or character n-grams for scripts without spaces.")
+@click.option("--no-verify", is_flag=True, help="minhash: skip the exact Jaccard check of candidates.")
+@click.option("--eps", type=float, default=0.05, show_default=True,
+              help="semantic: cosine similarity above 1 - eps is a duplicate.")
+@click.option("--model", default="minilm", show_default=True, help="semantic: embedding model.")
+@click.option("--fields", type=click.Choice(["all", "prompt", "response"]), default="all",
+              show_default=True, help="Which text to compare.")
+@click.option("--keep", default="first", show_default=True,
+              help="Which row of a cluster stays: first, longest, or a score column (highest).")
+@KIND
+@ADAPTER
+@run_options
+def dedup(input: str, method: str, output: str, threshold: float, num_perm: int,
+          bands: int | None, rows: int | None, ngram: int, shingle: str, no_verify: bool,
+          eps: float, model: str, fields: str, keep: str, kind: str | None, adapter: str | None,
+          **kw: Any) -> None:
+    """Remove duplicates from INPUT: exact, near (MinHash-LSH) or semantic.
+
+    Every dropped row is in RUN/rejected with its cluster and the id of the kept
+    row (`curate explain RUN ID` shows the kept twin).
+    """
+    from curate.pipeline import read
+
+    if method == "exact":
+        options = {"fields": fields, "keep": keep}
+    elif method == "minhash":
+        options = {"threshold": threshold, "num_perm": num_perm, "bands": bands, "rows": rows,
+                   "ngram": ngram, "shingle": shingle, "fields": fields, "verify": not no_verify,
+                   "keep": keep}
+    else:
+        options = {"eps": eps, "model": model, "fields": fields, "keep": keep}
+    opts = _exec_options(kw)
+    run = read(input, kind=kind, adapter=adapter).dedup(method, **options).write(output, **opts)
+    _done(run, opts["quiet"])
+
+
+@cli.command()
+@click.argument("input", type=click.Path())
+@click.option("--against", "-a", multiple=True, required=True, type=click.Path(),
+              help="Evaluation set file or directory (repeatable).")
+@click.option("--ngram", type=click.IntRange(1), default=13, show_default=True,
+              help="Length in words of a shared n-gram that counts as contamination.")
+@click.option("--fields", type=click.Choice(["all", "prompt", "response"]), default="all",
+              show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
+@KIND
+@ADAPTER
+@run_options
+def decontaminate(input: str, against: tuple[str, ...], ngram: int, fields: str, output: str,
+                  kind: str | None, adapter: str | None, **kw: Any) -> None:
+    """Drop rows of INPUT that share a long n-gram with an evaluation set.
+
+    Rejected rows record which eval set matched (reason) and the n-gram (detail).
+    """
+    from curate.pipeline import read
+
+    opts = _exec_options(kw)
+    run = (read(input, kind=kind, adapter=adapter)
+           .decontaminate(list(against), ngram=ngram, fields=fields).write(output, **opts))
+    _done(run, opts["quiet"])
+
+
 def _coerce(text: str, default: Any) -> Any:
     from curate.pipeline import Param
 

@@ -1,7 +1,7 @@
 """Decontamination: does a row share a long word n-gram with an evaluation set?
 
-The evaluation files (any layout curate reads; every row is taken as its full
-text) are cut into word ``ngram``-grams of the normalised text (case, Unicode,
+The evaluation files (Parquet, JSON, JSONL or CSV in any column layout: every
+string in a row, nested lists included, is eval text) are cut into word ``ngram``-grams of the normalised text (case, Unicode,
 punctuation and whitespace ignored); a training row whose text contains any of
 them is contaminated. The scorer records the first eval set and n-gram that
 matched; rows shorter than ``ngram`` words are never matched.
@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.hashing import hash_int
-from curate.readers import fingerprint, list_files
+from curate.readers import fingerprint, list_files, read_chunks
 from curate.scorer import Scorer, register
 from curate.text import normalize
 from scorers.minhash import field_texts
@@ -26,6 +26,17 @@ from scorers.minhash import field_texts
 def word_ngrams(text: str, n: int) -> list[str]:
     words = normalize(text, punctuation=False).split()
     return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a row value (dicts and lists walked)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 @register
@@ -58,19 +69,16 @@ class Contamination(Scorer):
         return ";".join(f"{Path(p).name}:{fingerprint(list_files(p), Path(p))}" for p in self.against)
 
     def setup(self) -> None:
-        from curate.ingest import ingest
-
         if self._index is not None:
             return
         index: dict[int, str] = {}
         for path in self.against:
             name = Path(path).name
-            for table, _, _ in ingest(path, kind="text"):
-                if table is None:
-                    continue
-                for text in table.column("text").to_pylist():
-                    for g in word_ngrams(text, self.ngram):
-                        index.setdefault(hash_int(g), name)
+            for file in list_files(path):
+                for chunk in read_chunks(file):
+                    for row in chunk.rows:
+                        for g in word_ngrams("\n".join(_strings(row)), self.ngram):
+                            index.setdefault(hash_int(g), name)
         self._index = index
 
     def describe(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class Embedding(Scorer):
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self._st.device) if self._st else None,
-                "dim": self._st.get_sentence_embedding_dimension() if self._st else None}
+                "dim": int(self._st.encode(["x"]).shape[-1]) if self._st else None}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         self.setup()
