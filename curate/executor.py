@@ -44,9 +44,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str) -> None:
+def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
+                data_columns: list[str] = ()) -> None:
     """Column contracts, checked before any scorer runs."""
-    available = set(FRAME_BASE)
+    available = set(FRAME_BASE) | set(data_columns)
     for i, step in enumerate(pipe.steps):
         if isinstance(step, Score):
             scorer = scorers[i]
@@ -71,13 +72,14 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str) -> None:
                                   f"{keep!r}; use 'first', 'longest' or one of: "
                                   f"{', '.join(sorted(available))}")
         elif isinstance(step, Select):
-            if step.strategy not in selection.STRATEGIES:
-                raise CurateError(f"step {i + 1}: unknown selection strategy {step.strategy!r}; "
-                                  f"choose one of {', '.join(sorted(selection.STRATEGIES))}")
-            by = step.options.get("by")
-            if by is not None and by not in available:
-                raise CurateError(f"step {i + 1} (select {step.strategy}) sorts by unknown column "
-                                  f"{by!r}; available: {', '.join(sorted(available))}")
+            try:
+                needs = selection.requirements(step.strategy, step.budget, step.options)
+            except CurateError as err:
+                raise CurateError(f"step {i + 1} (select {step.strategy}): {err}") from err
+            for col, hint in needs:
+                if col not in available:
+                    raise CurateError(f"step {i + 1} (select {step.strategy}) needs column {col!r}: "
+                                      f"{hint}; available: {', '.join(sorted(available))}")
 
 
 def _rejected(ids: pl.Series, stage: str, decision: selection.Decision | None = None,
@@ -120,7 +122,13 @@ class LocalExecutor:
         root = Path(self.pipe.source.path)
         files = list_files(root)
         if self.pipe.source.kind:
-            _check_plan(self.pipe, self.scorers, self.pipe.source.kind)
+            try:  # early check; data columns are known only after ingest
+                _check_plan(self.pipe, self.scorers, self.pipe.source.kind)
+            except CurateError as err:
+                if "unknown column" not in str(err):
+                    raise
+        for scorer in self.scorers.values():
+            scorer.bind_input(str(root))
         models = {s.name: s.model_fingerprint() for s in self.scorers.values()}  # resolves models
         input_fp = fingerprint(files, root)
         spec = self.pipe.spec()
@@ -163,11 +171,12 @@ class LocalExecutor:
         if ingest_rejected.height:
             self.log.info(f"ingest: {ingest_rejected.height} of {stats.rows_read} rows rejected "
                           f"as bad rows ({', '.join(f'{k}: {v}' for k, v in stats.bad_reasons.items())})")
-        _check_plan(self.pipe, self.scorers, stats.kind)
         parts = sorted(run.dir("data").glob("*.parquet"))
-        frame = (pl.concat([pl.read_parquet(p, columns=list(FRAME_BASE)).with_columns(
-            _part=pl.lit(p.name)) for p in parts])
+        self.data_columns = _data_columns(parts, stats.kind)
+        frame = (pl.concat([pl.read_parquet(p, columns=[*FRAME_BASE, *self.data_columns]).with_columns(
+            _part=pl.lit(p.name)) for p in parts], how="vertical_relaxed")
             .with_row_index("_order").with_columns(_alive=pl.lit(True)))
+        _check_plan(self.pipe, self.scorers, stats.kind, self.data_columns)
         rejected = [ingest_rejected]
         for i, step in enumerate(self.pipe.steps):
             t = time.monotonic()
@@ -301,7 +310,8 @@ class LocalExecutor:
         staging = run.work / "out"
         shutil.rmtree(staging, ignore_errors=True)
         keep_ids = frame.filter("_alive")["id"].to_arrow()
-        score_cols = [c for c in frame.columns if c not in (*FRAME_BASE, "_part", "_alive", "_order")]
+        score_cols = [c for c in frame.columns
+                      if c not in (*FRAME_BASE, *self.data_columns, "_part", "_alive", "_order")]
         for part in parts:
             table = pq.read_table(part)
             sel = table.filter(pc.is_in(table["id"], value_set=keep_ids))
@@ -324,6 +334,29 @@ class LocalExecutor:
                            f"{n_sel} selected + {n_rej} rejected ({distinct} distinct ids); "
                            "this is a bug, please report it")
         return {"selected": n_sel, "rejected": n_rej}
+
+
+def _data_columns(parts: list[Path], kind: str) -> list[str]:
+    """Original columns small enough for the decision frame: numbers, booleans and
+    short strings (labels such as a rating, a category or a generator name) present
+    in every part, so filters and strategies can use them next to the scores."""
+    if not parts:
+        return []
+    common = set.intersection(*(set(pq.read_schema(p).names) for p in parts))
+    table = pq.read_table(parts[0], columns=[c for c in pq.read_schema(parts[0]).names if c in common])
+    skip = {*FRAME_BASE, *CANONICAL[kind], "source_row"}
+    out = []
+    for field in table.schema:
+        if field.name in skip or field.name.startswith("raw_"):
+            continue
+        t = field.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            out.append(field.name)
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            lengths = pc.utf8_length(table.column(field.name))
+            if (pc.mean(lengths).as_py() or 0) <= 40:
+                out.append(field.name)
+    return out
 
 
 def run_part(parts: list[Path], name: str) -> Path:

@@ -71,6 +71,8 @@ class Dedup:
 
 Step = Score | Filter | Select | Dedup
 
+EMBEDDING_STRATEGIES = {"deita", "kmeans_quality", "kcenter", "facility_location"}
+
 DEDUP_OPTIONS: dict[str, dict[str, Any]] = {
     "exact": {"fields": "all", "punctuation": True, "keep": "first"},
     "minhash": {"threshold": 0.8, "num_perm": 128, "bands": None, "rows": None, "ngram": 5,
@@ -109,9 +111,15 @@ class Pipeline:
         or a polars expression) is true; rows where it is false or null are rejected."""
         return self._add(Filter(predicate, name))
 
-    def select(self, strategy: str, *, budget: int | None = None, **options: Any) -> Pipeline:
-        """Choose ``budget`` rows (None: all) with a selection strategy (``random``, ``topk``, ...)."""
-        return self._add(Select(strategy, budget, options))
+    def select(self, strategy: str, *, budget: int | str | None = None, **options: Any) -> Pipeline:
+        """Choose rows with a selection strategy (``random``, ``topk``, ``deita``, ...)
+        under ``budget``: rows (``1000``), tokens (``"50000tokens"``) or None (all).
+        Strategies over embeddings add the ``embedding`` scorer if it is missing."""
+        p = self
+        if strategy in EMBEDDING_STRATEGIES and not any(
+                isinstance(s, Score) and s.scorer == "embedding" for s in self.steps):
+            p = self._add(Score("embedding", {}))
+        return p._add(Select(strategy, budget, options))
 
     def dedup(self, method: str = "minhash", **options: Any) -> Pipeline:
         """Drop duplicates, keeping one row per cluster (``keep``: ``first``, ``longest``
@@ -155,8 +163,19 @@ class Pipeline:
         else:
             score = Score("embedding", {"model": o["model"], "fields": o["fields"]})
             decision = Dedup("semantic", {k: o[k] for k in ("eps", "n_clusters", "keep", "seed")})
-        p = self if score in self.steps else self._add(score)
-        return p._add(decision)
+        return self._with_score(score)._add(decision)
+
+    def _with_score(self, score: Score) -> Pipeline:
+        """Add ``score`` unless an equivalent score step is already there."""
+        from curate.scorer import get_scorer
+
+        for s in self.steps:
+            if isinstance(s, Score) and s.scorer == score.scorer:
+                if get_scorer(s.scorer, **s.config).config() != get_scorer(score.scorer, **score.config).config():
+                    raise CurateError(f"this step needs scorer {score.scorer!r} with {score.config}, "
+                                      f"but an earlier step scores it with {s.config}; use one config")
+                return self
+        return self._add(score)
 
     def decontaminate(self, against: str | Path | list[str | Path], *, ngram: int = 13,
                       fields: str = "all") -> Pipeline:
@@ -164,8 +183,7 @@ class Pipeline:
         paths = [against] if isinstance(against, (str, Path)) else list(against)
         score = Score("contamination", {"against": [str(Path(p).resolve()) for p in paths],
                                         "ngram": ngram, "fields": fields})
-        p = self if score in self.steps else self._add(score)
-        return p._add(Dedup("decontaminate", {"ngram": ngram}))
+        return self._with_score(score)._add(Dedup("decontaminate", {"ngram": ngram}))
 
     def with_input(self, path: str | Path, *, kind: str | None = None,
                    adapter: str | None = None) -> Pipeline:

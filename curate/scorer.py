@@ -51,6 +51,9 @@ class Scorer:
         """Identity of any model weights the scores depend on ('' for none)."""
         return ""
 
+    def bind_input(self, path: str) -> None:
+        """Told the pipeline's input path before the run (e.g. DSIR's raw pool)."""
+
     def setup(self) -> None:
         """Load models or other heavy state; called once per worker before ``score``."""
 

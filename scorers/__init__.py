@@ -1,3 +1,14 @@
 """Scorer families. Importing this package registers every scorer by short name."""
 
-from scorers import contamination, embedding, exact, minhash, perplexity, quality, text_stats  # noqa: F401
+from scorers import (  # noqa: F401
+    contamination,
+    dsir,
+    embedding,
+    exact,
+    lexical,
+    minhash,
+    perplexity,
+    quality,
+    similarity,
+    text_stats,
+)

@@ -1,0 +1,87 @@
+"""DSIR importance weights (Xie et al., 2023): how much more likely a row is under
+the target distribution than under the raw pool, with hashed n-gram features.
+
+Features are unigrams and bigrams of the normalised words, hashed into
+``buckets``; each distribution is a smoothed bag of those features estimated
+from the target file and from the raw pool (by default the pipeline's own
+input). ``dsir_weight`` = log p_target(row) - log p_raw(row); the
+``importance`` selection strategy resamples by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.hashing import hash_int
+from curate.readers import fingerprint, list_files
+from curate.scorer import Scorer, register
+from curate.text import normalize
+from scorers.minhash import field_texts
+from scorers.similarity import read_texts
+
+
+def features(text: str, buckets: int) -> np.ndarray:
+    """Bucket ids of the row's hashed unigrams and bigrams."""
+    words = normalize(text, punctuation=False).split()
+    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    return np.fromiter((hash_int(g) % buckets for g in grams), dtype=np.int64, count=len(grams))
+
+
+def log_distribution(texts: list[str], buckets: int) -> np.ndarray:
+    counts = np.ones(buckets, dtype=np.float64)  # add-one smoothing
+    for t in texts:
+        np.add.at(counts, features(t, buckets), 1.0)
+    return np.log(counts / counts.sum())
+
+
+@register
+@dataclass
+class DSIR(Scorer):
+    """log p_target - log p_raw of the row's hashed unigram+bigram features."""
+
+    name: ClassVar[str] = "dsir"
+    version: ClassVar[str] = "1"
+    columns: ClassVar[dict[str, pa.DataType]] = {"dsir_weight": pa.float64()}
+
+    target: str = ""
+    raw: str | None = None  # None: the pipeline's input
+    buckets: int = 10_000
+    fields: str = "all"
+
+    _ratio = None
+
+    def __post_init__(self) -> None:
+        if not self.target:
+            raise CurateError("dsir needs target=FILE (example rows of the target distribution)")
+        for name in ("target", "raw"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(Path(value).resolve()))
+                if not Path(value).exists():
+                    raise CurateError(f"dsir {name} set {value} does not exist")
+
+    def bind_input(self, path: str) -> None:
+        if self.raw is None:
+            self.raw = str(Path(path).resolve())
+
+    def model_fingerprint(self) -> str:
+        parts = [self.target] + ([self.raw] if self.raw else [])
+        return ";".join(fingerprint(list_files(p), Path(p)) for p in parts)
+
+    def setup(self) -> None:
+        if self._ratio is None:
+            if self.raw is None:
+                raise CurateError("dsir: no raw pool (raw=FILE) and no pipeline input to use")
+            self._ratio = (log_distribution(read_texts(self.target), self.buckets)
+                           - log_distribution(read_texts(self.raw), self.buckets))
+
+    def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
+        self.setup()
+        return {"dsir_weight": [float(self._ratio[features(t, self.buckets)].sum())
+                                for t in field_texts(batch, self.fields)]}
