@@ -272,6 +272,53 @@ def decontaminate(input: str, against: tuple[str, ...], ngram: int, fields: str,
     _done(run, opts["quiet"])
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--strategy", "-s", required=True,
+              help="random, topk, threshold, stratified, deita, kmeans_quality, kcenter, "
+                   "facility_location, importance, weighted, grape.")
+@click.option("--budget", "-b", default=None,
+              help="Rows (1000) or tokens (50000tokens) to select [default: all eligible].")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Strategy option, e.g. by=quality_mtld, threshold=0.9, seed=1 (repeatable).")
+@click.option("--replace/--append", default=True, show_default=True,
+              help="Replace the run's own select steps, or select after them.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
+@run_options
+def select(run_dir: str, strategy: str, budget: str | None, options: tuple[str, ...],
+           replace: bool, output: str, **kw: Any) -> None:
+    """Select from RUN again with another strategy or budget, into a new run.
+
+    The run's pipeline is replayed over its input (scores come from the cache,
+    so only the selection is new), with its select steps replaced (default) or
+    followed by the new one. The new run accounts for every input row.
+    """
+    import json as _json
+
+    from curate.pipeline import Select, from_spec
+    from curate.run import open_run
+
+    run = open_run(run_dir)
+    manifest = run.manifest()
+    pipe = from_spec(manifest["pipeline"], manifest["input"]["path"])
+    if replace:
+        pipe = pipe.__class__(pipe.source, tuple(s for s in pipe.steps if not isinstance(s, Select)),
+                              pipe.name, pipe.params)
+    opts_in = {}
+    for k, v in _parse_sets(options).items():
+        try:
+            opts_in[k] = _json.loads(v)
+        except ValueError:
+            opts_in[k] = v
+    parsed_budget: Any = budget
+    if budget is not None and budget.strip().isdigit():
+        parsed_budget = int(budget)
+    pipe = pipe.select(strategy, budget=parsed_budget, **opts_in)
+    opts = _exec_options(kw)
+    new = pipe.write(output, **opts)
+    _done(new, opts["quiet"])
+
+
 def _coerce(text: str, default: Any) -> Any:
     from curate.pipeline import Param
 
@@ -347,6 +394,24 @@ def pairs(run_dir: str, by: str, only_selected: bool, output: str) -> None:
     click.echo(f"{counts['pairs']} pairs from {counts['prompts_with_several_answers']} prompts with "
                f"several answers ({counts['ties']} ties skipped): {output}", err=True)
     click.echo(output)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write [default: RUN/report.html].")
+@click.option("--max-points", type=click.IntRange(3), default=5000, show_default=True,
+              help="Most rows drawn on the embedding map (a seeded random sample).")
+def report(run_dir: str, output: str | None, max_points: int) -> None:
+    """Write an analysis page of RUN: funnel, score histograms with thresholds,
+    selected vs rejected, embedding map, rejection reasons, token counts.
+
+    The page is one self-contained HTML file (plotly.js inlined; no network
+    needed to view it). Prints its path.
+    """
+    from curate.report import write_report
+
+    click.echo(str(write_report(run_dir, output, max_points=max_points)))
 
 
 @cli.command()

@@ -78,8 +78,8 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
                 raise CurateError(f"step {i + 1} (select {step.strategy}): {err}") from err
             for col, hint in needs:
                 if col not in available:
-                    raise CurateError(f"step {i + 1} (select {step.strategy}) needs column {col!r}: "
-                                      f"{hint}; available: {', '.join(sorted(available))}")
+                    raise CurateError(f"step {i + 1} (select {step.strategy}) uses unknown column "
+                                      f"{col!r}: {hint}; available: {', '.join(sorted(available))}")
 
 
 def _rejected(ids: pl.Series, stage: str, decision: selection.Decision | None = None,

@@ -215,6 +215,26 @@ class Pipeline:
         return run_pipeline(self, output, **options)
 
 
+def from_spec(spec: dict[str, Any], path: str | Path | None = None) -> Pipeline:
+    """Rebuild a pipeline from its ``spec()`` (as stored in a run's manifest)."""
+    src = spec.get("source", {})
+    steps: list[Step] = []
+    for d in spec.get("steps", []):
+        kind = d["step"]
+        if kind == "score":
+            steps.append(Score(d["scorer"], d.get("config", {})))
+        elif kind == "filter":
+            steps.append(Filter(d["predicate"], d.get("name")))
+        elif kind == "select":
+            steps.append(Select(d["strategy"], d.get("budget"), d.get("options", {})))
+        elif kind == "dedup":
+            steps.append(Dedup(d["method"], d.get("options", {})))
+        else:
+            raise CurateError(f"unknown step {kind!r} in the pipeline spec")
+    return Pipeline(Read(str(path) if path is not None else None, src.get("kind"), src.get("adapter")),
+                    tuple(steps), spec.get("name", "pipeline"), spec.get("params", {}))
+
+
 def read(path: str | Path | None = None, *, kind: str | None = None,
          adapter: str | None = None) -> Pipeline:
     """Start a pipeline over a file or directory (Parquet, JSON, JSONL or CSV).

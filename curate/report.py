@@ -136,7 +136,11 @@ def _polars_to_sql(text: str) -> str:
     text = re.sub(r'col\("([^"]+)"\)\.not\(\)', r'not "\1"', text)
     text = re.sub(r'col\("([^"]+)"\)', r'"\1"', text)
     text = re.sub(r"\[|\]", "", text)
-    return text.replace(" & ", " and ")
+    prev = None
+    while prev != text:  # drop the parentheses polars puts around single names and numbers
+        prev = text
+        text = re.sub(r'\(\s*("[^"]+"|' + _NUM + r')\s*\)', r"\1", text)
+    return text.replace(" & ", " and ").replace(" | ", " or ")
 
 
 def parse_thresholds(predicate: str, step: str = "") -> list[Threshold]:
@@ -274,9 +278,14 @@ def _num(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _short(text: str | None, limit: int) -> str:
+def _short(text: str | None, limit: int, tail: int = 0) -> str:
+    """Whitespace collapsed, cut to ``limit`` characters (keeping the last ``tail`` ones)."""
     text = " ".join((text or "").split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    if tail:
+        return text[:limit - tail - 3] + " … " + text[-tail:]
+    return text[:limit - 1] + "…"
 
 
 def _layout(fig, title: str, height: int = 320, **kw: Any):
@@ -377,6 +386,12 @@ def _bool_threshold(fig, t: Threshold) -> None:
                   annotation_position="top", annotation_font={"size": 10, "color": COLORS["threshold"]})
 
 
+def _int_axis(fig, b: Bins) -> None:
+    """Few integer bins: whole-number ticks and room around a lone bar."""
+    if b.integer and len(b.edges) <= 22 and np.allclose(b.widths, 1):
+        fig.update_xaxes(dtick=1, range=[b.edges[0] - 1, b.edges[-1] + 1])
+
+
 def _bool_axis(fig) -> None:
     fig.update_xaxes(tickvals=[0, 1], ticktext=["false", "true"], range=[-0.6, 1.6])
 
@@ -408,6 +423,7 @@ def score_histogram(df: pl.DataFrame, col: str, marks: list[Threshold]):
                 hovertemplate="[%{customdata[0]:.4g}, %{customdata[1]:.4g}): %{y:,} rows<extra></extra>")
     for t in nums:
         _add_threshold(fig, t, float(b.edges[0]), float(b.edges[-1]))
+    _int_axis(fig, b)
     note = "; ".join(x for x in (_bin_note(b), f"{nulls:,} null" if nulls else "") if x)
     return _layout(fig, col, xaxis_title=col, yaxis_title="rows", bargap=0.02), note
 
@@ -440,6 +456,7 @@ def selected_vs_rejected(df: pl.DataFrame, col: str):
                     name=f"{name} ({len(v):,})", marker_color=COLORS[name], opacity=0.55,
                     marker_line_width=0, customdata=counts,
                     hovertemplate="%{x:.4g}: %{y:.1f}% (%{customdata:,} rows)<extra>" + name + "</extra>")
+    _int_axis(fig, b)
     return _layout(fig, col, barmode="overlay", bargap=0.02, xaxis_title=col, yaxis_title="% of group")
 
 
@@ -738,7 +755,7 @@ def _reasons(data: RunData) -> str:
                 bits.append(f' <span class="p">prompt: {html.escape(_short(prompt, 160))}</span>')
             bits.append("</div>")
             if answer or i in texts:
-                bits.append(f"<div>answer: {html.escape(_short(answer, 300))}</div>")
+                bits.append(f"<div>answer: {html.escape(_short(answer, 320, tail=80))}</div>")
             if det:
                 bits.append(f'<div class="p">detail: {html.escape(_short(det, 200))}</div>')
             if rep:

@@ -264,8 +264,8 @@ def requirements(name: str, budget: Any, options: dict[str, Any]) -> list[tuple[
         col = opts.get(opt)
         if isinstance(col, str):
             hint = (f"option {opt}={col!r} names a column no earlier step writes"
-                    + ("; a DSIR scorer writes the log importance weight"
-                       if name == "importance" else ""))
+                    + ('; add .score("dsir", target=<target file>) to write the DSIR log '
+                       'importance weight dsir_weight' if name == "importance" else ""))
             need.append((col, hint))
     if isinstance(opts.get("expr"), str):
         for col in _sql(opts["expr"], name).meta.root_names():

@@ -4,8 +4,10 @@ the target distribution than under the raw pool, with hashed n-gram features.
 Features are unigrams and bigrams of the normalised words, hashed into
 ``buckets``; each distribution is a smoothed bag of those features estimated
 from the target file and from the raw pool (by default the pipeline's own
-input). ``dsir_weight`` = log p_target(row) - log p_raw(row); the
-``importance`` selection strategy resamples by it.
+input). ``dsir_weight`` = log p_target(row) - log p_raw(row) (a sum over the row's
+features, as in the paper, so long rows weigh more either way) and
+``dsir_weight_mean`` = the same per feature (length-normalised, better for
+ranking); the ``importance`` selection strategy resamples by either.
 """
 
 from __future__ import annotations
@@ -33,11 +35,22 @@ def features(text: str, buckets: int) -> np.ndarray:
     return np.fromiter((hash_int(g) % buckets for g in grams), dtype=np.int64, count=len(grams))
 
 
-def log_distribution(texts: list[str], buckets: int) -> np.ndarray:
-    counts = np.ones(buckets, dtype=np.float64)  # add-one smoothing
+def feature_counts(texts: list[str], buckets: int) -> np.ndarray:
+    counts = np.zeros(buckets, dtype=np.float64)
     for t in texts:
         np.add.at(counts, features(t, buckets), 1.0)
-    return np.log(counts / counts.sum())
+    return counts
+
+
+def log_ratio(target: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """log p_target - log p_raw per feature bucket. The raw bag is add-one smoothed;
+    the (usually small) target bag is smoothed toward the raw one with a prior of
+    ``len(raw)`` pseudo-counts, so a feature never seen in the target costs a
+    constant instead of a huge penalty."""
+    p_raw = (raw + 1) / (raw + 1).sum()
+    prior = len(raw)
+    p_target = (target + prior * p_raw) / (target.sum() + prior)
+    return np.log(p_target) - np.log(p_raw)
 
 
 @register
@@ -47,7 +60,8 @@ class DSIR(Scorer):
 
     name: ClassVar[str] = "dsir"
     version: ClassVar[str] = "1"
-    columns: ClassVar[dict[str, pa.DataType]] = {"dsir_weight": pa.float64()}
+    columns: ClassVar[dict[str, pa.DataType]] = {"dsir_weight": pa.float64(),
+                                                 "dsir_weight_mean": pa.float64()}
 
     target: str = ""
     raw: str | None = None  # None: the pipeline's input
@@ -78,10 +92,14 @@ class DSIR(Scorer):
         if self._ratio is None:
             if self.raw is None:
                 raise CurateError("dsir: no raw pool (raw=FILE) and no pipeline input to use")
-            self._ratio = (log_distribution(read_texts(self.target), self.buckets)
-                           - log_distribution(read_texts(self.raw), self.buckets))
+            self._ratio = log_ratio(feature_counts(read_texts(self.target), self.buckets),
+                                    feature_counts(read_texts(self.raw), self.buckets))
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
         self.setup()
-        return {"dsir_weight": [float(self._ratio[features(t, self.buckets)].sum())
-                                for t in field_texts(batch, self.fields)]}
+        sums, means = [], []
+        for t in field_texts(batch, self.fields):
+            w = self._ratio[features(t, self.buckets)]
+            sums.append(float(w.sum()))
+            means.append(float(w.mean()) if len(w) else None)
+        return {"dsir_weight": sums, "dsir_weight_mean": means}

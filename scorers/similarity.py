@@ -29,12 +29,15 @@ class _Embeds(Scorer):
         return resolve(self.model).fingerprint
 
     def setup(self) -> None:
+        self._load_model()
+
+    def _load_model(self) -> None:
         if self._st is None:
             self._st = load_sentence_model(self.model)
             self._st.max_seq_length = 256
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        self.setup()
+        self._load_model()
         return self._st.encode(texts, batch_size=64, normalize_embeddings=True,
                                convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
