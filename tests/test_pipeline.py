@@ -36,14 +36,15 @@ def test_default_sft_pipeline_accounts_for_every_row_and_caches(tmp_path):
     ids and reports that every score came from the cache."""
     cache = tmp_path / "cache"
     r1, r2 = tmp_path / "R1", tmp_path / "R2"
-    first = curate_cli("run", SFT_PIPELINE, "--input", SAMPLE_SFT, "--output", r1, "--cache-dir", cache)
+    fast = ("--set", "use_ifd=false")  # IFD under the LM has its own tests; minutes on CPU
+    first = curate_cli("run", SFT_PIPELINE, "--input", SAMPLE_SFT, "--output", r1, "--cache-dir", cache, *fast)
     n_input = pq.read_metadata(next(SAMPLE_SFT.glob("*.parquet"))).num_rows
     selected = sql_count(r1, "select count(*) from selected")
     rejected = sql_count(r1, "select count(*) from rejected")
     assert selected + rejected == n_input == 300
     assert 0 < rejected < 60  # the sample has a few refusals and truncated answers
     assert "0 from cache" in first.stderr
-    second = curate_cli("run", SFT_PIPELINE, "--input", SAMPLE_SFT, "--output", r2, "--cache-dir", cache)
+    second = curate_cli("run", SFT_PIPELINE, "--input", SAMPLE_SFT, "--output", r2, "--cache-dir", cache, *fast)
     assert "score quality: 300 rows, 300 from cache, 0 computed" in second.stderr
     assert "text_stats: 300 rows, 300 from cache, 0 computed" in second.stderr
     m1, m2 = (json.loads((r / "manifest.json").read_text()) for r in (r1, r2))
@@ -118,7 +119,7 @@ def test_params_listed_and_overridden(tmp_path):
     assert "budget" in helptext and "default 1000" in helptext and "--set" in helptext
     out = tmp_path / "r"
     curate_cli("run", SFT_PIPELINE, "-i", SAMPLE_SFT, "-o", out, "--cache-dir", tmp_path / "c",
-               "--set", "budget=7", "-q")
+               "--set", "budget=7", "--set", "use_ifd=false", "-q")
     assert sql_count(out, "select count(*) from selected") == 7
 
 

@@ -16,7 +16,16 @@ from conftest import DATA, ROOT, curate_cli
 from curate import connect
 from curate.models import load_tokenizer
 
-PIPELINE = ROOT / "pipelines" / "sft_select.py"
+PIPELINE_CODE = """
+from curate import Param, pipeline, read
+
+@pipeline(budget=Param(500, "rows"))
+def resumable(budget):
+    return (read(kind="sft").score("text_stats").score("quality")
+            .filter("not quality_refusal").dedup("exact").select("random", budget=budget))
+
+pipeline = resumable
+"""
 
 
 def selected_ids(run_dir) -> list[str]:
@@ -25,6 +34,8 @@ def selected_ids(run_dir) -> list[str]:
 
 def test_kill_9_then_rerun_matches_uninterrupted(tmp_path):
     load_tokenizer("smollm2-135m")  # convert the embedded model once, outside the timed part
+    PIPELINE = tmp_path / "resumable.py"
+    PIPELINE.write_text(PIPELINE_CODE)
     src = tmp_path / "in"
     src.mkdir()
     table = pq.read_table(DATA / "gpteacher" / "toolformer_dedupe.parquet")
