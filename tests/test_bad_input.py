@@ -16,13 +16,14 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import curate_cli
 
 from curate import CurateError, read
 from curate.schema import ROLES
@@ -48,28 +49,14 @@ SAMPLE_PREF = ROOT / "sample_data" / "preference"
 SFT_PIPELINE = ROOT / "pipelines" / "sft_select.py"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _curate_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """An isolated CURATE_HOME for the session: conftest's ``curate_home`` when there
-    is one, else a fresh temporary folder (the score cache must not leak)."""
-    try:
-        request.getfixturevalue("curate_home")
-    except pytest.FixtureLookupError:
-        os.environ["CURATE_HOME"] = str(tmp_path_factory.mktemp("curate_home"))
-
-
 # --- helpers ------------------------------------------------------------------
 
 def cli(*args: object) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess (never raises; the caller checks)."""
-    return subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+    return curate_cli(*args, check=False)
 
 
-def ok(*args: object) -> subprocess.CompletedProcess:
-    proc = cli(*args)
-    assert proc.returncode == 0, f"curate {args} failed:\n{proc.stderr[-3000:]}"
-    return proc
+ok = curate_cli
 
 
 def manifest(run_dir: Path) -> dict | None:

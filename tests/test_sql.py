@@ -15,12 +15,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+
+from conftest import curate_cli
 
 import curate
 from curate import CurateError, read
@@ -28,31 +29,16 @@ from curate.sql import query
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
-if not (DATA / "alpaca_eval").is_dir():
-    DATA = Path("/work/shared/data")
 EVAL_SET = DATA / "alpaca_eval" / "eval_set.parquet"
 ALPACA = DATA / "llamafactory" / "alpaca_en_demo.parquet"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _curate_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """An isolated CURATE_HOME for the session: conftest's ``curate_home`` when there
-    is one, else a fresh temporary folder (the score cache must not leak)."""
-    try:
-        request.getfixturevalue("curate_home")
-    except pytest.FixtureLookupError:
-        os.environ["CURATE_HOME"] = str(tmp_path_factory.mktemp("curate_home"))
-
-
 def cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ))
+    """The real CLI in a subprocess (never raises; the caller checks)."""
+    return curate_cli(*args, check=False)
 
 
-def ok(*args: object) -> subprocess.CompletedProcess:
-    proc = cli(*args)
-    assert proc.returncode == 0, f"curate {args} failed:\n{proc.stderr[-3000:]}"
-    return proc
+ok = curate_cli
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str:
