@@ -26,7 +26,7 @@ class Embedding(Scorer):
 
     model: str = "minilm"
     fields: str = "all"
-    max_seq_length: int = 256
+    max_seq_length: int = 128  # all-MiniLM-L6-v2 was trained on 128-token inputs
 
     _st = None
 

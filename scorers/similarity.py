@@ -34,7 +34,7 @@ class _Embeds(Scorer):
     def _load_model(self) -> None:
         if self._st is None:
             self._st = load_sentence_model(self.model)
-            self._st.max_seq_length = 256
+            self._st.max_seq_length = 128  # all-MiniLM-L6-v2 was trained on 128-token inputs
 
     def embed(self, texts: list[str]) -> np.ndarray:
         self._load_model()
