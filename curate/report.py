@@ -78,7 +78,6 @@ _OPS = {"==": "=", "<>": "!=", "=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _COL = r"[A-Za-z_][A-Za-z0-9_]*|\"[^\"]+\"|`[^`]+`"
 _OP = r"<=|>=|<>|!=|==|=|<|>"
-_BOOL = {"true": True, "false": False, "1": True, "0": False}
 
 
 def _unquote(name: str) -> str:
@@ -176,9 +175,8 @@ def parse_thresholds(predicate: str, step: str = "") -> list[Threshold]:
         elif m := re.fullmatch(rf"({_COL})\s*(?:!=|<>|\s+is\s+not\s+)\s*(true|false)", part,
                                flags=re.IGNORECASE):
             out.append(Threshold(_unquote(m[1]), "=", m[2].lower() != "true", step))
-        elif m := re.fullmatch(rf"({_COL})", part):
-            if m[1].lower() not in ("true", "false", "null"):
-                out.append(Threshold(_unquote(m[1]), "=", True, step))
+        elif (m := re.fullmatch(rf"({_COL})", part)) and m[1].lower() not in ("true", "false", "null"):
+            out.append(Threshold(_unquote(m[1]), "=", True, step))
     return out
 
 
@@ -203,7 +201,6 @@ class RunData:
     scored_rows: int           # rows in scores/ before sampling
     score_columns: list[str]
     rejected: pl.DataFrame     # id, stage, reason, detail, cluster, representative
-    selected_ids: pl.Series
     has_embedding: bool
 
 
@@ -237,17 +234,14 @@ def load(run: Run, *, max_hist_rows: int = MAX_HIST_ROWS, seed: int = SEED) -> R
                                         ("id", "stage", "reason", "detail", "cluster", "representative")})
     assert isinstance(rejected, pl.DataFrame)
     rejected = rejected.with_columns(pl.col(c).cast(pl.String) for c in rejected.columns)
-    sel_schema = run.dataset("selected").schema
-    selected_ids = (pl.from_arrow(run.table("selected", columns=["id"]))["id"].cast(pl.String)
-                    if "id" in sel_schema.names else pl.Series("id", [], dtype=pl.String))
+    # every row is in exactly one of selected and rejected: not rejected means selected
     scores = (scores.join(rejected.select("id", "stage"), on="id", how="left", maintain_order="left")
               .with_columns(status=pl.when(pl.col("stage").is_null()).then(pl.lit("selected"))
                             .otherwise(pl.lit("rejected"))))
     emb = schema.field("embedding").type if "embedding" in schema.names else None
     has_embedding = emb is not None and (pa.types.is_list(emb) or pa.types.is_large_list(emb)
                                          or pa.types.is_fixed_size_list(emb))
-    return RunData(run, manifest, kind, scores, scored_rows, cols, rejected, selected_ids,
-                   has_embedding)
+    return RunData(run, manifest, kind, scores, scored_rows, cols, rejected, has_embedding)
 
 
 def _texts_for(run: Run, kind: str, ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -288,11 +282,29 @@ def _short(text: str | None, limit: int, tail: int = 0) -> str:
     return text[:limit - 1] + "…"
 
 
+def _figure(*traces: Any):
+    """A figure without plotly's default template (the page adds one template to every
+    figure as plain JSON: validating a template per figure costs more than the plots)."""
+    import plotly.graph_objects as go
+
+    return go.Figure(list(traces), layout={"template": {}})
+
+
+_TEMPLATE: dict[str, Any] = {}
+
+
+def _template() -> dict[str, Any]:
+    if not _TEMPLATE:
+        import plotly.io as pio
+
+        _TEMPLATE.update(pio.templates["plotly_white"].to_plotly_json())
+    return _TEMPLATE
+
+
 def _layout(fig, title: str, height: int = 320, **kw: Any):
     kw.setdefault("margin", {"l": 50, "r": 20, "t": 45, "b": 45})
     kw.setdefault("legend", {"orientation": "h", "yanchor": "top", "y": -0.18})
-    fig.update_layout(title={"text": html.escape(title), "font": {"size": 14}}, template="plotly_white",
-                      height=height, **kw)
+    fig.update_layout(title={"text": html.escape(title), "font": {"size": 14}}, height=height, **kw)
     return fig
 
 
@@ -398,14 +410,13 @@ def _bool_axis(fig) -> None:
 
 def score_histogram(df: pl.DataFrame, col: str, marks: list[Threshold]):
     """Distribution of one score over all (binned) rows, with its thresholds."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
+    fig = _figure()
     nulls = df[col].null_count()
     if _is_bool(df, col):
         s = df[col].drop_nulls()
         counts = [int((~s).sum()), int(s.sum())]
         fig.add_bar(x=[0, 1], y=counts, marker_color=COLORS["selected"], name=col,
+                    text=[f"{c:,}" for c in counts], textposition="outside", cliponaxis=False,
                     hovertemplate="%{y:,} rows<extra></extra>", showlegend=False)
         _bool_axis(fig)
         for t in marks:
@@ -424,15 +435,14 @@ def score_histogram(df: pl.DataFrame, col: str, marks: list[Threshold]):
     for t in nums:
         _add_threshold(fig, t, float(b.edges[0]), float(b.edges[-1]))
     _int_axis(fig, b)
-    note = "; ".join(x for x in (_bin_note(b), f"{nulls:,} null" if nulls else "") if x)
+    same = f"all {len(values):,} values are {_num(values[0])}" if values.min() == values.max() else ""
+    note = "; ".join(x for x in (same, _bin_note(b), f"{nulls:,} null" if nulls else "") if x)
     return _layout(fig, col, xaxis_title=col, yaxis_title="rows", bargap=0.02), note
 
 
 def selected_vs_rejected(df: pl.DataFrame, col: str):
     """The score among selected rows vs rejected rows, as a share of each group."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
+    fig = _figure()
     groups = [("selected", df.filter(pl.col("status") == "selected")),
               ("rejected", df.filter(pl.col("status") == "rejected"))]
     if _is_bool(df, col):
@@ -460,41 +470,67 @@ def selected_vs_rejected(df: pl.DataFrame, col: str):
     return _layout(fig, col, barmode="overlay", bargap=0.02, xaxis_title=col, yaxis_title="% of group")
 
 
+def _step_name(step: dict[str, Any]) -> str:
+    """A short name of a decision step of the pipeline spec, for the funnel."""
+    kind = step.get("step")
+    if kind == "filter":
+        return f"filter: {step.get('name') or step.get('predicate')}"
+    if kind == "dedup":
+        return "decontaminate" if step.get("method") == "decontaminate" else f"dedup: {step.get('method')}"
+    opts = step.get("options") or {}
+    by = f" by {opts['by']}" if opts.get("by") else ""
+    budget = step.get("budget")
+    return f"select: {step.get('strategy')}{by}" + (f" (budget {budget})" if budget is not None else "")
+
+
 def funnel(manifest: dict[str, Any]):
     """Rows left after ingest and after every decision step."""
     import plotly.graph_objects as go
 
     labels, values = [], []
+    steps = [s for s in manifest.get("pipeline", {}).get("steps", [])
+             if s.get("step") in ("filter", "dedup", "select")]
+    decisions = [st for st in manifest.get("stages", [])
+                 if st.get("stage") not in ("ingest", None) and not st["stage"].startswith("score:")]
+    named = {id(st): _step_name(step) for st, step in zip(decisions, steps)} \
+        if len(steps) == len(decisions) else {}
     for st in manifest.get("stages", []):
         name = st.get("stage", "")
         if name == "ingest":
             labels += ["input rows", "ingest: valid rows"]
             values += [st.get("in", 0), st.get("out", 0)]
         elif not name.startswith("score:"):
-            labels.append(f"{name}: {st.get('label', '')}")
+            labels.append(named.get(id(st)) or f"{name}: {st.get('label', '')}")
             values.append(st.get("out", 0))
     if not labels:
         return None
     # a funnel's categories must be unique: number them
     labels = [html.escape(_short(f"{i + 1}. {lab}", 70)) for i, lab in enumerate(labels)]
-    fig = go.Figure(go.Funnel(y=labels, x=values, textinfo="value+percent initial",
-                              marker={"color": COLORS["selected"]},
-                              hovertemplate="%{y}: %{x:,} rows (%{percentInitial:.1%} of input)<extra></extra>"))
+    fig = _figure(go.Funnel(y=labels, x=values, texttemplate="%{value:,}<br>%{percentInitial:.1%}",
+                            marker={"color": COLORS["selected"]},
+                            hovertemplate="%{y}: %{x:,} rows (%{percentInitial:.1%} of input)"
+                                          "<extra></extra>"))
     return _layout(fig, "Rows left after each stage", height=max(260, 60 + 42 * len(labels)),
                    margin={"l": 260, "r": 20, "t": 45, "b": 30})
 
 
 def _pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first two principal components of the rows of ``x`` and their share of the variance.
+
+    SVD of the d x d scatter matrix (d = embedding width), not of the n x d data: the
+    same axes, a fraction of the work for thousands of rows.
+    """
     x = x - x.mean(axis=0, keepdims=True)
-    u, s, vt = np.linalg.svd(x, full_matrices=False)
-    coords = u[:, :2] * s[:2]
-    var = s ** 2
-    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(2)
+    _, var, vt = np.linalg.svd(x.T @ x, hermitian=True)
+    axes = vt[:2]
+    # a fixed sign per axis: its largest loading is positive
+    axes = axes * np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])[:, None]
+    coords = x @ axes.T
+    ratio = var[:2] / var.sum() if var.sum() > 0 else np.zeros(len(axes))
     if coords.shape[1] < 2:
         coords = np.column_stack([coords, np.zeros((len(coords), 2 - coords.shape[1]))])
         ratio = np.concatenate([ratio, np.zeros(2 - len(ratio))])
-    signs = np.sign(vt[:2, np.argmax(np.abs(vt[:2]), axis=1)].diagonal()) if len(vt) >= 2 else 1
-    return coords * signs, ratio
+    return coords, ratio
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -526,19 +562,21 @@ class MapResult:
 
 def embedding_map(data: RunData, *, max_points: int, seed: int) -> MapResult:
     """2-D PCA of the embeddings: by outcome, and by cluster."""
-    import plotly.graph_objects as go
-
     ds = data.run.dataset("scores")
     n_total = ds.count_rows()
-    if n_total > max_points:
+    # rows dropped before the embedding step have none: sample among those that do
+    valid = np.concatenate([pc.is_valid(b.column(0)).to_numpy(zero_copy_only=False)
+                            for b in ds.to_batches(columns=["embedding"])] or [np.zeros(0, bool)])
+    with_emb = np.flatnonzero(valid)
+    n_emb = len(with_emb)
+    if n_emb < 3:
+        return MapResult([], f"Fewer than 3 rows have an embedding ({n_emb:,}); no map.")
+    if n_emb > max_points:
         rng = np.random.default_rng(seed)
-        positions = np.sort(rng.choice(n_total, max_points, replace=False))
+        positions = np.sort(rng.choice(with_emb, max_points, replace=False))
         table = ds.take(pa.array(positions), columns=["id", "embedding"])
     else:
-        table = ds.to_table(columns=["id", "embedding"])
-    table = table.filter(pc.invert(pc.is_null(table["embedding"])))
-    if table.num_rows < 3:
-        return MapResult([], "Fewer than 3 rows have an embedding; no map.")
+        table = ds.to_table(columns=["id", "embedding"]).filter(pa.array(valid))
     vecs = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float64)
     coords, ratio = _pca(vecs)
     pts = pl.DataFrame({"id": table["id"].cast(pa.string()), "x": coords[:, 0], "y": coords[:, 1]})
@@ -549,15 +587,19 @@ def embedding_map(data: RunData, *, max_points: int, seed: int) -> MapResult:
     pts = pts.with_columns(hover=pl.Series(hover, dtype=pl.String))
     axes = {"xaxis_title": f"PC1 ({ratio[0]:.0%} of variance)",
             "yaxis_title": f"PC2 ({ratio[1]:.0%} of variance)"}
-    sampled = table.num_rows < n_total or n_total > max_points
-    note = (f"A seeded random sample of {table.num_rows:,} of {n_total:,} rows (at most "
-            f"{max_points:,} are drawn)." if sampled else f"All {table.num_rows:,} rows with an embedding.")
+    note = (f"A seeded random sample of {table.num_rows:,} of the {n_emb:,} rows with an embedding."
+            if n_emb > max_points else f"All {n_emb:,} rows with an embedding.")
+    if n_emb < n_total:
+        note += (f" {n_total - n_emb:,} rows were dropped before the embedding step and have none "
+                 "(they are not on the map).")
 
     # by outcome
-    fig = go.Figure()
-    groups = [("selected", pts.filter(pl.col("stage").is_null()))]
-    for stage in sorted(s for s in pts["stage"].drop_nulls().unique().to_list()):
-        groups.append((stage, pts.filter(pl.col("stage") == stage)))
+    fig = _figure()
+    # the many rows a budget leaves out go first (below), rarer outcomes on top
+    stages = sorted(pts["stage"].drop_nulls().unique().to_list(), key=lambda x: (x != "select", x))
+    groups = ([(s, pts.filter(pl.col("stage") == s)) for s in stages if s == "select"]
+              + [("selected", pts.filter(pl.col("stage").is_null()))]
+              + [(s, pts.filter(pl.col("stage") == s)) for s in stages if s != "select"])
     for name, g in groups:
         if not g.height:
             continue
@@ -565,26 +607,28 @@ def embedding_map(data: RunData, *, max_points: int, seed: int) -> MapResult:
         fig.add_scatter(x=g["x"], y=g["y"], mode="markers", name=f"{label} ({g.height:,})",
                         marker={"size": 5, "opacity": 0.7, "color": COLORS.get(name, "#8c564b")},
                         text=g["hover"], hovertemplate="%{text}<extra>" + html.escape(label) + "</extra>")
-    figs = [("map-outcome", _layout(fig, "Embeddings (PCA), by outcome", height=460, **axes))]
+    figs = [("map-outcome", _layout(fig, "By outcome", height=460, **axes))]
 
-    # by cluster: dedup clusters when the run has them, else k-means
-    clusters = data.rejected.filter(pl.col("cluster").is_not_null())
-    fig = go.Figure()
-    if clusters.height:
-        rep_cluster = clusters.group_by("representative").agg(pl.col("cluster").first()).rename(
-            {"representative": "id", "cluster": "rep_cluster"})
-        pts = (pts.join(rep_cluster, on="id", how="left", maintain_order="left")
-               .with_columns(dup=pl.coalesce("cluster", "rep_cluster")))
+    # by cluster: the run's dedup clusters when dropped duplicates are on the map, else k-means
+    clusters = data.rejected.filter((pl.col("stage") == "dedup") & pl.col("cluster").is_not_null())
+    fig = _figure()
+    rep_cluster = clusters.group_by("representative").agg(pl.col("cluster").first()).select(
+        pl.col("representative").alias("id"), pl.col("cluster").alias("kept_cluster"))
+    pts = (pts.join(clusters.select("id", pl.col("cluster").alias("dropped_cluster")), on="id",
+                    how="left", maintain_order="left")
+           .join(rep_cluster, on="id", how="left", maintain_order="left")
+           .with_columns(dup=pl.coalesce("dropped_cluster", "kept_cluster")))
+    if pts["dropped_cluster"].drop_nulls().len():
         in_dup = pts.filter(pl.col("dup").is_not_null())
         plain = pts.filter(pl.col("dup").is_null())
-        codes = in_dup["dup"].rank("dense").cast(pl.Int64).to_numpy() if in_dup.height else np.array([])
-        n_clusters = int(codes.max()) if len(codes) else 0
+        codes = in_dup["dup"].rank("dense").cast(pl.Int64).to_numpy()
+        n_clusters = int(codes.max())
         fig.add_scatter(x=plain["x"], y=plain["y"], mode="markers",
                         name=f"not a duplicate ({plain.height:,})",
                         marker={"size": 4, "color": "#c7c7c7", "opacity": 0.6}, text=plain["hover"],
                         hovertemplate="%{text}<extra>not a duplicate</extra>")
-        for name, mask, symbol in (("kept representative", in_dup["stage"].is_null(), "circle"),
-                                   ("dropped duplicate", in_dup["stage"].is_not_null(), "x")):
+        for name, mask, symbol in (("kept representative", in_dup["dropped_cluster"].is_null(), "circle"),
+                                   ("dropped duplicate", in_dup["dropped_cluster"].is_not_null(), "x")):
             g = in_dup.filter(mask)
             c = codes[mask.to_numpy()]
             fig.add_scatter(x=g["x"], y=g["y"], mode="markers", name=f"{name} ({g.height:,})",
@@ -593,7 +637,7 @@ def embedding_map(data: RunData, *, max_points: int, seed: int) -> MapResult:
                             text=[f"{h}<br>cluster {html.escape(str(k))}" for h, k in
                                   zip(g["hover"], g["dup"])],
                             hovertemplate="%{text}<extra>" + name + "</extra>")
-        title = f"Embeddings (PCA), by duplicate cluster ({n_clusters:,} clusters on the map)"
+        title = f"By duplicate cluster ({n_clusters:,} cluster{'s' if n_clusters != 1 else ''})"
         note += (" Clusters are the run's dedup clusters: rows of one cluster share a colour; "
                  "a circle is the kept row, a cross a dropped duplicate.")
     else:
@@ -605,19 +649,32 @@ def embedding_map(data: RunData, *, max_points: int, seed: int) -> MapResult:
             fig.add_scatter(x=g["x"], y=g["y"], mode="markers", name=f"cluster {c} ({g.height:,})",
                             marker={"size": 5, "opacity": 0.75}, text=g["hover"],
                             hovertemplate="%{text}<extra>cluster " + str(c) + "</extra>")
-        title = f"Embeddings (PCA), by k-means cluster (k = {k})"
-        note += (f" The run has no dedup clusters; clusters are a seeded k-means (k = {k}) over "
-                 "the plotted embeddings.")
+        title = f"By k-means cluster (k = {k})"
+        why = ("The run has no dedup clusters" if not clusters.height else
+               "No dropped duplicate has an embedding (dedup ran before the embedding step)")
+        note += f" {why}; clusters are a seeded k-means (k = {k}) over the plotted embeddings."
     figs.append(("map-cluster", _layout(fig, title, height=460, **axes)))
     return MapResult(figs, note)
 
 
-def token_histogram(df: pl.DataFrame, col: str):
-    import plotly.graph_objects as go
+def _scorer_default(scorer: str, option: str) -> Any:
+    """The default of a scorer option (what a run that did not set it used)."""
+    import dataclasses
 
+    from curate.scorer import SCORERS, scorer_names
+
+    try:
+        scorer_names()
+        fields = {f.name: f for f in dataclasses.fields(SCORERS[scorer])}
+        return fields[option].default
+    except (KeyError, TypeError, ImportError):  # an unknown or changed scorer: leave it out
+        return None
+
+
+def token_histogram(df: pl.DataFrame, col: str):
     values = _values(df, col)
     b = _bins(values, True, [])
-    fig = go.Figure()
+    fig = _figure()
     fig.add_bar(x=b.centers, y=b.counts(values), width=b.widths, marker_color=COLORS["selected"],
                 marker_line_width=0, showlegend=False,
                 customdata=np.stack([b.edges[:-1], b.edges[1:]], axis=1),
@@ -664,8 +721,12 @@ class Page:
     def figure(self, name: str, fig, note: str = "") -> str:
         """HTML of one figure (plotly.js is loaded once in the page head)."""
         self.n_figures += 1
-        div = fig.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG,
-                          div_id=f"fig-{name}", default_width="100%",
+        import plotly.io as pio
+
+        spec = fig.to_dict()
+        spec["layout"]["template"] = _template()
+        div = pio.to_html(spec, full_html=False, include_plotlyjs=False, config=PLOT_CONFIG,
+                          div_id=f"fig-{name}", default_width="100%", validate=False,
                           default_height=f"{fig.layout.height or 320}px")
         extra = f'<p class="note">{html.escape(note)}</p>' if note else ""
         return f'<div class="fig" data-figure="{html.escape(name)}">{div}{extra}</div>'
@@ -694,9 +755,11 @@ def _header(data: RunData) -> str:
     files = inp.get("files") or []
     info = [("status", m.get("status")), ("pipeline", pipe.get("name")),
             ("input", inp.get("path")), ("kind", inp.get("kind")),
-            ("input files", ", ".join(files[:10]) + (f" … ({len(files)} files)" if len(files) > 10 else "")),
+            ("input files", ", ".join(files[:10]) + (f" … ({len(files)} files)" if len(files) > 10
+                                                      else "")),
             ("input fingerprint", inp.get("fingerprint")), ("started", m.get("started")),
-            ("finished", m.get("finished")), ("total time", f"{m.get('timings', {}).get('total_s', '–')} s"),
+            ("finished", m.get("finished")),
+            ("total time", f"{m.get('timings', {}).get('total_s', '–')} s"),
             ("curate version", m.get("curate_version"))]
     models = {k: v for k, v in (m.get("models") or {}).items() if v}
     if models:
@@ -736,34 +799,57 @@ def _reasons(data: RunData) -> str:
     rej = data.rejected
     if not rej.height:
         return '<p class="note">No row was rejected.</p>'
-    top = (rej.group_by("stage", "reason").agg(rows=pl.len(), ids=pl.col("id").head(EXAMPLES_PER_REASON),
-                                                details=pl.col("detail").head(EXAMPLES_PER_REASON),
-                                                reps=pl.col("representative").head(EXAMPLES_PER_REASON))
+    # reasons that carry the row's own value ("threshold: x = 0.12 < min 0.5") are grouped
+    # by their pattern; each example then shows its exact reason
+    rej = rej.with_columns(exact=pl.col("reason"),
+                           reason=pl.col("reason").str.replace_all(r"(\s)= -?[0-9][0-9.eE+-]*", "${1}= …"))
+    k = EXAMPLES_PER_REASON
+    top = (rej.group_by("stage", "reason").agg(rows=pl.len(), ids=pl.col("id").head(k),
+                                                details=pl.col("detail").head(k),
+                                                reps=pl.col("representative").head(k),
+                                                exact=pl.col("exact").head(k))
            .sort(["rows", "stage", "reason"], descending=[True, False, False], nulls_last=True))
     n_reasons = top.height
     top = top.head(TOP_REASONS)
     want = [i for ids in top["ids"] for i in ids] + [r for reps in top["reps"] for r in reps if r]
     texts = _texts_for(data.run, data.kind, want)
     n_in = data.manifest.get("counts", {}).get("input") or rej.height
+    # the scores a filter looked at, shown next to its examples
+    filter_cols: dict[str, list[str]] = {}
+    for t in pipeline_thresholds(data.manifest):
+        if t.column in data.score_columns and t.column not in filter_cols.get(t.step, []):
+            filter_cols.setdefault(t.step, []).append(t.column)
+    shown = sorted({c for cols in filter_cols.values() for c in cols})
+    values = {r["id"]: r for r in data.scores.filter(pl.col("id").is_in(want)).select(
+        "id", *shown).iter_rows(named=True)} if shown else {}
+    what = {"preference": "chosen", "text": "text"}.get(data.kind, "answer")
     body = []
     for row in top.iter_rows(named=True):
         examples = []
-        for i, det, rep in zip(row["ids"], row["details"], row["reps"]):
+        for i, det, rep, exact in zip(row["ids"], row["details"], row["reps"], row["exact"]):
             prompt, answer = texts.get(i, ("", ""))
             bits = [f'<div><span class="id">{html.escape(i)}</span>']
+            if exact != row["reason"]:
+                bits.append(f' <span class="p">({html.escape(exact or "")})</span>')
             if prompt:
                 bits.append(f' <span class="p">prompt: {html.escape(_short(prompt, 160))}</span>')
             bits.append("</div>")
             if answer or i in texts:
-                bits.append(f"<div>answer: {html.escape(_short(answer, 320, tail=80))}</div>")
+                bits.append(f"<div>{what}: {html.escape(_short(answer, 320, tail=80))}</div>")
             if det:
                 bits.append(f'<div class="p">detail: {html.escape(_short(det, 200))}</div>')
+            cols = filter_cols.get(row["reason"], []) if row["stage"] == "filter" else []
+            if cols and i in values:
+                vals = ", ".join(f"{c} = {_num(values[i][c]) if values[i][c] is not None else 'null'}"
+                                 for c in cols)
+                bits.append(f'<div class="p">scores: {html.escape(vals)}</div>')
             if rep:
                 kept = texts.get(rep, ("", ""))[1]
                 bits.append(f'<div class="p">kept twin <span class="id">{html.escape(rep)}</span>: '
                             f"{html.escape(_short(kept, 160))}</div>")
             examples.append("".join(bits))
-        body.append(f"<tr><td>{html.escape(row['stage'] or '')}</td><td>{html.escape(row['reason'] or '')}</td>"
+        body.append(f"<tr><td>{html.escape(row['stage'] or '')}</td>"
+                    f"<td>{html.escape(row['reason'] or '')}</td>"
                     f'<td class="n">{row["rows"]:,}</td><td class="n">{100 * row["rows"] / n_in:.1f}%</td>'
                     f'<td class="ex">{"<hr>".join(examples)}</td></tr>')
     more = (f'<p class="note">The {TOP_REASONS} most common of {n_reasons} reasons.</p>'
@@ -785,9 +871,9 @@ def _tokens(data: RunData, page: Page) -> str:
     if col == "text_stats_words":
         note = ("text_stats ran without a tokenizer, so there are no token counts: these are word "
                 "counts (whitespace-separated) of the selected rows.")
-    tok_cfg = next((s.get("config", {}).get("tokenizer") for s in
-                    data.manifest.get("pipeline", {}).get("steps", [])
-                    if s.get("step") == "score" and s.get("scorer") == "text_stats"), None)
+    tok_cfg = next((s.get("config", {}) for s in data.manifest.get("pipeline", {}).get("steps", [])
+                    if s.get("step") == "score" and s.get("scorer") == "text_stats"), {})
+    tok_cfg = tok_cfg.get("tokenizer", _scorer_default("text_stats", "tokenizer"))
     v = _values(df, col)
     missing = df.height - len(v)
     stats = [("selected rows with a count", f"{len(v):,}"), (f"total {col}", f"{int(v.sum()):,}"),
@@ -799,12 +885,37 @@ def _tokens(data: RunData, page: Page) -> str:
         stats.append(("tokenizer", tok_cfg))
     sampled = data.scored_rows > data.scores.height
     if sampled:
-        stats.append(("sampled", f"totals are over a sample of {data.scores.height:,} of "
-                                 f"{data.scored_rows:,} scored rows"))
+        stats.append(("sampled", (f"totals are over a sample of {data.scores.height:,} of "
+                                  f"{data.scored_rows:,} scored rows")))
     fig, bin_note = token_histogram(df, col)
     return (f'<div id="token-total" data-column="{col}" data-total="{int(v.sum())}"></div>'
             + (f'<p class="note">{html.escape(note)}</p>' if note else "")
             + f'<div class="grid2">{page.figure("tokens", fig, bin_note)}<div>{_kv(stats)}</div></div>')
+
+
+def _selection_marks(data: RunData) -> list[Threshold]:
+    """Bounds select steps put on a score: a ``threshold`` strategy's min / max, and
+    the cut a ``topk`` ended at (the last selected value)."""
+    out: list[Threshold] = []
+    for st in data.manifest.get("pipeline", {}).get("steps", []):
+        opts = st.get("options") or {}
+        by = opts.get("by")
+        if st.get("step") != "select" or by not in data.score_columns or opts.get("expr"):
+            continue
+        if data.scores.schema[by] == pl.Boolean:
+            continue
+        if st.get("strategy") == "threshold":
+            for key, op in (("min", ">="), ("max", "<=")):
+                v = opts.get(key)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out.append(Threshold(by, op, float(v), f"select threshold on {by}"))
+        elif st.get("strategy") == "topk":
+            sel = data.scores.filter(pl.col("status") == "selected")[by].drop_nulls()
+            if sel.len():
+                desc = opts.get("descending", True)
+                cut = float(sel.min() if desc else sel.max())
+                out.append(Threshold(by, ">=" if desc else "<=", cut, f"topk by {by}"))
+    return out
 
 
 def render(run: Run, *, max_points: int = MAX_POINTS, max_hist_rows: int = MAX_HIST_ROWS,
@@ -815,16 +926,7 @@ def render(run: Run, *, max_points: int = MAX_POINTS, max_hist_rows: int = MAX_H
     data = load(run, max_hist_rows=max_hist_rows, seed=seed)
     m = data.manifest
     page = Page()
-    marks = pipeline_thresholds(m)
-    # topk selection: the cut is the last selected value
-    for st in m.get("pipeline", {}).get("steps", []):
-        by = (st.get("options") or {}).get("by")
-        if st.get("step") == "select" and st.get("strategy") == "topk" and by in data.score_columns:
-            sel = data.scores.filter(pl.col("status") == "selected")[by].drop_nulls()
-            if sel.len() and data.scores.schema[by] != pl.Boolean:
-                desc = (st.get("options") or {}).get("descending", True)
-                cut = float(sel.min() if desc else sel.max())
-                marks.append(Threshold(by, ">=" if desc else "<=", cut, f"topk by {by}"))
+    marks = pipeline_thresholds(m) + _selection_marks(data)
 
     sections: list[tuple[str, str, str]] = []  # (id, title, html)
     sections.append(("summary", "Summary", _header(data)))
@@ -859,8 +961,8 @@ def render(run: Run, *, max_points: int = MAX_POINTS, max_hist_rows: int = MAX_H
     if not data.score_columns:
         hist = ['<p class="note">The run has no numeric or boolean scores.</p>']
     sections.append(("scores", "Score distributions",
-                     f'<p class="note">{html.escape(sampling[0])}</p>{score_note}'
-                     f'<div class="grid">{"".join(hist)}</div>'))
+                     (f'<p class="note">{html.escape(sampling[0])}</p>{score_note}'
+                      f'<div class="grid">{"".join(hist)}</div>')))
     n_sel = data.scores.filter(pl.col("status") == "selected").height
     svr_html = (f'<p class="note">Each group as a share of its own rows: {n_sel:,} selected, '
                 f"{data.scores.height - n_sel:,} rejected (after ingest).</p>"
@@ -880,7 +982,8 @@ def render(run: Run, *, max_points: int = MAX_POINTS, max_hist_rows: int = MAX_H
     sections.append(("rejections", "Rejection reasons", _reasons(data)))
     sections.append(("tokens", "Selected set: token counts", _tokens(data, page)))
 
-    title = f"curate report: {m.get('pipeline', {}).get('name', 'run')} ({run.path})"
+    name = str(m.get("pipeline", {}).get("name", "run"))
+    title = f"curate report: {name} ({run.path})"
     nav = "".join(f'<a href="#{sid}">{html.escape(t)}</a>' for sid, t, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{html.escape(t)}</h2>{h}</section>'
                    if sid != "summary" else h for sid, t, h in sections)
@@ -889,22 +992,24 @@ def render(run: Run, *, max_points: int = MAX_POINTS, max_hist_rows: int = MAX_H
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{CSS}</style>"
             f'<script type="text/javascript">{get_plotlyjs()}</script></head>'
-            f'<body><header><h1>curate report: {html.escape(str(m.get("pipeline", {}).get("name", "run")))}</h1>'
+            f"<body><header><h1>curate report: {html.escape(name)}</h1>"
             f'<div class="path">{html.escape(str(run.path.resolve()))}</div></header>'
             f'<nav>{nav}</nav><main data-figures="{page.n_figures}">{body}</main></body></html>\n')
 
 
 def write_report(run_dir: str | Path, output: str | Path | None = None, *,
-                 max_points: int = MAX_POINTS, seed: int = SEED) -> Path:
+                 max_points: int = MAX_POINTS, max_hist_rows: int = MAX_HIST_ROWS,
+                 seed: int = SEED) -> Path:
     """Write the report of a complete run to ``output`` (default ``RUN/report.html``)
     atomically and return its path."""
     run = open_run(run_dir)
     out = Path(output) if output else run.path / "report.html"
     if out.exists() and out.is_dir():
         raise CurateError(f"report output {out} is a directory; give a file name")
-    if max_points < 3:
-        raise CurateError(f"max_points must be at least 3, got {max_points}")
-    page = render(run, max_points=max_points, seed=seed)
+    if max_points < 3 or max_hist_rows < 1:
+        raise CurateError(f"max_points must be at least 3 and max_hist_rows at least 1, "
+                          f"got {max_points} and {max_hist_rows}")
+    page = render(run, max_points=max_points, max_hist_rows=max_hist_rows, seed=seed)
     fd, tmp = _temp_beside(out)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
