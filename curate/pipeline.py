@@ -56,7 +56,7 @@ class Filter:
 @dataclass(frozen=True)
 class Select:
     strategy: str
-    budget: int | None = None
+    budget: int | str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,8 +70,6 @@ class Dedup:
 
 
 Step = Score | Filter | Select | Dedup
-
-EMBEDDING_STRATEGIES = {"deita", "kmeans_quality", "kcenter", "facility_location"}
 
 DEDUP_OPTIONS: dict[str, dict[str, Any]] = {
     "exact": {"fields": "all", "punctuation": True, "keep": "first"},
@@ -115,9 +113,13 @@ class Pipeline:
         """Choose rows with a selection strategy (``random``, ``topk``, ``deita``, ...)
         under ``budget``: rows (``1000``), tokens (``"50000tokens"``) or None (all).
         Strategies over embeddings add the ``embedding`` scorer if it is missing."""
+        from curate.selection import STRATEGIES
+
         p = self
-        if strategy in EMBEDDING_STRATEGIES and not any(
-                isinstance(s, Score) and s.scorer == "embedding" for s in self.steps):
+        fn = STRATEGIES.get(strategy)
+        if (fn is not None and getattr(fn, "uses_embedding", False)
+                and options.get("embedding", "embedding") == "embedding"
+                and not any(isinstance(s, Score) and s.scorer == "embedding" for s in self.steps)):
             p = self._add(Score("embedding", {}))
         return p._add(Select(strategy, budget, options))
 
@@ -154,7 +156,7 @@ class Pipeline:
             if (o["bands"] is None) != (o["rows"] is None):
                 raise CurateError("give both bands and rows, or neither")
             if o["bands"] is None:
-                weights = (0.3, 0.7) if o["verify"] else (0.5, 0.5)
+                weights = (0.05, 0.95) if o["verify"] else (0.5, 0.5)  # verify removes false positives
                 o["bands"], o["rows"] = choose_bands(o["threshold"], o["num_perm"], *weights)
             score = Score("minhash", {k: o[k] for k in ("num_perm", "bands", "rows", "ngram",
                                                        "shingle", "fields", "seed")})
@@ -265,6 +267,11 @@ class Param:
                     return False
                 raise ValueError(text)
             if isinstance(d, int):
+                if name == "budget" and not text.strip().lstrip("-").isdigit():
+                    from curate.selection import parse_budget
+
+                    parse_budget(text)  # rows or tokens, e.g. "200000tokens"
+                    return text
                 return int(text)
             if isinstance(d, float):
                 return float(text)
