@@ -21,6 +21,8 @@ RUN_OPTIONS = [
                  help="Rows per scorer batch."),
     click.option("--flush-rows", type=click.IntRange(1), default=4096, show_default=True,
                  help="Save computed scores to the cache every N rows (less lost work on a crash)."),
+    click.option("--workers", type=click.IntRange(1), default=None,
+                 help="Processes for CPU scorers (minhash, exact, quality, lexical) [default: CPU count]."),
 ]
 
 
@@ -35,7 +37,8 @@ def _exec_options(kw: dict[str, Any]) -> dict[str, Any]:
     cache_dir = kw.pop("cache_dir")
     return {"overwrite": kw.pop("overwrite"), "quiet": kw.pop("quiet"),
             "cache_dir": False if no_cache else cache_dir,
-            "batch_rows": kw.pop("batch_rows"), "flush_rows": kw.pop("flush_rows")}
+            "batch_rows": kw.pop("batch_rows"), "flush_rows": kw.pop("flush_rows"),
+            "workers": kw.pop("workers")}
 
 
 def _done(run, quiet: bool) -> None:

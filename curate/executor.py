@@ -11,8 +11,13 @@ A run that is killed is resumed by running the same command again.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -102,7 +107,8 @@ class LocalExecutor:
 
     def __init__(self, pipe: Pipeline, output: str | Path, *, overwrite: bool = False,
                  quiet: bool = False, cache_dir: str | Path | None | bool = None,
-                 chunk_rows: int = 10_000, batch_rows: int = 256, flush_rows: int = 4096):
+                 chunk_rows: int = 10_000, batch_rows: int = 256, flush_rows: int = 4096,
+                 workers: int | None = None):
         if pipe.source.path is None:
             raise CurateError("the pipeline has no input: pass --input (CLI) or read(path)")
         self.pipe = pipe
@@ -112,6 +118,7 @@ class LocalExecutor:
         self.cache_root = (None if cache_dir is False else
                            Path(cache_dir) if cache_dir else cache_home() / "scores")
         self.chunk_rows, self.batch_rows, self.flush_rows = chunk_rows, batch_rows, flush_rows
+        self.workers = max(1, workers or os.cpu_count() or 1)  # for scorers marked parallel
         self.scorers = {i: get_scorer(s.scorer, **s.config)
                         for i, s in enumerate(pipe.steps) if isinstance(s, Score)}
 
@@ -257,18 +264,24 @@ class LocalExecutor:
         info = {"cache_key": scorer.cache_key(), "rows": alive.height,
                 "from_cache": hits.height, "computed": todo.height}
         if todo.height:
-            self.log.info(f"score {scorer.name}: loading")
+            workers = self.workers if scorer.parallel and todo.height >= 4 * self.batch_rows else 1
+            self.log.info(f"score {scorer.name}: loading"
+                          + (f" ({workers} worker processes)" if workers > 1 else ""))
             scorer.setup()
             info["setup"] = scorer.describe()
+            info["workers"] = workers
             needed = ["id", *CANONICAL[kind]]
-            with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
+
+            def batches():
                 for part, ids in todo.group_by("_part", maintain_order=True):
                     table = pq.read_table(run_part(parts, part[0]), columns=needed)
                     table = table.filter(pc.is_in(table["id"], value_set=ids["id"].to_arrow()))
-                    for batch in table.to_batches(max_chunksize=self.batch_rows):
-                        out = scorer.score_batch(batch)
-                        cache.add(out.add_column(0, "id", batch.column("id")))
-                        bar.update(batch.num_rows)
+                    yield from table.to_batches(max_chunksize=self.batch_rows)
+
+            with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
+                for batch, out in map_batches(scorer, batches(), workers):
+                    cache.add(out.add_column(0, "id", batch.column("id")))
+                    bar.update(batch.num_rows)
             cache.flush()
         info["seconds"] = round(time.monotonic() - t, 3)
         self.log.info(f"score {scorer.name}: {alive.height} rows, {info['from_cache']} from cache, "
@@ -357,6 +370,44 @@ def _data_columns(parts: list[Path], kind: str) -> list[str]:
             if (pc.mean(lengths).as_py() or 0) <= 40:
                 out.append(field.name)
     return out
+
+
+_WORKER_SCORER: Scorer | None = None
+
+
+def _init_worker(scorer: Scorer) -> None:
+    global _WORKER_SCORER
+    _WORKER_SCORER = scorer
+    scorer.setup()
+
+
+def _score_in_worker(batch: pa.RecordBatch) -> pa.Table:
+    assert _WORKER_SCORER is not None
+    return _WORKER_SCORER.score_batch(batch)
+
+
+def map_batches(scorer: Scorer, batches: Iterator[pa.RecordBatch],
+                workers: int) -> Iterator[tuple[pa.RecordBatch, pa.Table]]:
+    """(batch, scores) in input order; with ``workers`` > 1 the batches are scored in
+    that many spawned processes, at most two batches per worker in flight."""
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for batch in batches:
+            yield batch, scorer.score_batch(batch)
+        return
+    # fork: works from scripts without a __main__ guard; parallel scorers are plain
+    # Python/numpy/pyarrow code (no torch or polars thread pools in the children)
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(scorer,)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(_score_in_worker, batch)))
+            if len(pending) >= 2 * workers:
+                done, fut = pending.popleft()
+                yield done, fut.result()
+        while pending:
+            done, fut = pending.popleft()
+            yield done, fut.result()
 
 
 def run_part(parts: list[Path], name: str) -> Path:

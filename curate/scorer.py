@@ -42,6 +42,7 @@ class Scorer:
     columns: ClassVar[dict[str, pa.DataType]]
     kinds: ClassVar[tuple[str, ...]] = ("sft", "preference", "text")
     resources: ClassVar[Resources] = Resources()
+    parallel: ClassVar[bool] = False  # pure-Python CPU work: score batches in worker processes
 
     def config(self) -> dict[str, Any]:
         """The parameters that change the scores (part of the cache key)."""

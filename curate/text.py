@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_SPACE = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 
 
@@ -14,23 +13,23 @@ def normalize(text: str, *, punctuation: bool = True) -> str:
     text = unicodedata.normalize("NFKC", text or "").lower()
     if not punctuation:
         text = _PUNCT.sub(" ", text)
-    return _SPACE.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def shingles(text: str, n: int = 5, kind: str = "word") -> list[str]:
     """Shingles of the normalised text: word ``n``-grams (a text of fewer than ``n``
     words is one shingle) or character ``n``-grams (for scripts without spaces).
-    Empty text has none."""
+    Empty text has none. A shingle that occurs twice is listed twice."""
     norm = normalize(text)
     if not norm:
         return []
     if kind == "char":
         if len(norm) <= n:
             return [norm]
-        return list(dict.fromkeys(norm[i:i + n] for i in range(len(norm) - n + 1)))
+        return [norm[i:i + n] for i in range(len(norm) - n + 1)]
     if kind != "word":
         raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
     words = norm.split(" ")
     if len(words) <= n:
         return [norm]
-    return list(dict.fromkeys(" ".join(words[i:i + n]) for i in range(len(words) - n + 1)))
+    return list(map(" ".join, zip(*(words[i:] for i in range(n)))))

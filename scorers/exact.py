@@ -21,6 +21,7 @@ class ExactHash(Scorer):
 
     name: ClassVar[str] = "exact"
     version: ClassVar[str] = "1"
+    parallel: ClassVar[bool] = True
     columns: ClassVar[dict[str, pa.DataType]] = {"exact_hash": pa.string(), "exact_chars": pa.int64()}
 
     fields: str = "all"

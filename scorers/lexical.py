@@ -44,6 +44,7 @@ class Lexical(Scorer):
 
     name: ClassVar[str] = "lexical"
     version: ClassVar[str] = "1"
+    parallel: ClassVar[bool] = True
     columns: ClassVar[dict[str, pa.DataType]] = {"lexical_mtld": pa.float64()}
 
     ttr_threshold: float = 0.72

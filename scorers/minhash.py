@@ -93,6 +93,7 @@ class MinHash(Scorer):
 
     name: ClassVar[str] = "minhash"
     version: ClassVar[str] = "1"
+    parallel: ClassVar[bool] = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "minhash_bands": pa.list_(pa.uint64()),
         "minhash_shingles": pa.int32(),

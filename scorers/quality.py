@@ -159,6 +159,7 @@ class Quality(Scorer):
 
     name: ClassVar[str] = "quality"
     version: ClassVar[str] = "1"
+    parallel: ClassVar[bool] = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "quality_ngram_repetition": pa.float64(),
         "quality_line_repetition": pa.float64(),

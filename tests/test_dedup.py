@@ -176,3 +176,14 @@ def test_minhash_accuracy_against_exact_jaccard(tmp_path):
     s = T.score(T.clusters_from_pairs(len(docs), pairs), truth, len(docs))
     assert len(truth) > 500
     assert s["precision"] >= 0.99 and s["recall"] >= 0.95, s
+
+
+def test_worker_processes_give_the_same_result(tmp_path):
+    src = DATA / "gpteacher" / "roleplay_rest.parquet"
+    runs = [read(src).dedup("minhash", threshold=0.7).score("quality")
+            .write(tmp_path / f"w{n}", cache_dir=False, quiet=True, workers=n, batch_rows=64)
+            for n in (1, 2)]
+    assert runs[1].manifest()["scorers"]["minhash"]["workers"] == 2
+    q = "select * from scores order by id"
+    a, b = (connect(r.path).sql(q).fetchall() for r in runs)
+    assert a == b and len(a) == 1146
