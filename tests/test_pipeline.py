@@ -113,8 +113,11 @@ def test_params_listed_and_overridden(tmp_path):
     assert not any(getattr(s, "name", None) == "refusal" for s in pipe.steps)
     with pytest.raises(CurateError, match="no parameter"):
         tpl.bind(nope="1")
-    with pytest.raises(CurateError, match="expected a int"):
+    with pytest.raises(CurateError, match="not a budget"):
         tpl.bind(budget="many")
+    with pytest.raises(CurateError, match="expected a float"):
+        tpl.bind(max_ifd="high")
+    assert tpl.bind(budget="50k tokens").steps[-1].budget == "50k tokens"
     helptext = curate_cli("run", SFT_PIPELINE, "--help").stdout
     assert "budget" in helptext and "default 1000" in helptext and "--set" in helptext
     out = tmp_path / "r"
