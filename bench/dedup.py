@@ -105,7 +105,7 @@ def run_curate(a) -> dict:
         pipe = read(str(a.corpus), kind="text").dedup("minhash", threshold=a.threshold,
                                                      num_perm=a.num_perm, verify=True,
                                                      **json.loads(a.curate_options))
-        run = pipe.write(out, quiet=True, cache_dir=False)
+        run = pipe.write(out, quiet=True, cache_dir=False, workers=a.workers)
     except AttributeError as err:
         raise Skip(f"curate: dedup not available yet ({err})") from err
     seconds = time.perf_counter() - t0
@@ -120,7 +120,8 @@ def run_curate(a) -> dict:
                  if s.get("step") == "score"), {})
     opts = spec.get("options") or spec.get("config") or {}
     lsh = f"{opts['bands']}x{opts['rows']}" if "bands" in opts else "auto"
-    return {"seconds": seconds, "pairs": pairs, "lsh": lsh, "workers": 1,
+    workers = run.manifest().get("scorers", {}).get("minhash", {}).get("workers", 1)
+    return {"seconds": seconds, "pairs": pairs, "lsh": lsh, "workers": workers,
             "version": _version("curate")}
 
 
