@@ -180,3 +180,28 @@ def test_same_output_same_run_resumes_different_run_refused(tmp_path):
                                                             overwrite=True)
     assert len(ids(run)) == 3
     shutil.rmtree(out)
+
+
+def test_preference_pipeline_drops_pairs_that_teach_nothing(tmp_path):
+    """Pairs whose chosen and rejected answers are the same (or nearly) are dropped
+    with their reason; a rating margin from the data can filter pairs too."""
+    d = pl.read_parquet(SAMPLE_PREF / "dpo_en_demo.parquet").head(30)
+    same = d.head(3).with_columns(rejected=pl.col("chosen"))
+    src = tmp_path / "in"
+    src.mkdir()
+    pl.concat([d, same]).write_parquet(src / "pairs.parquet")
+    out = tmp_path / "P"
+    curate_cli("run", PREF_PIPELINE, "--input", src, "--output", out, "--cache-dir", tmp_path / "c",
+               "--set", "budget=1000", "-q")
+    con = connect(out)
+    reasons = dict(con.sql("select d.source_row, r.reason from rejected r join data d using (id)").fetchall())
+    assert all(reasons.get(i) == "chosen equals rejected" for i in (30, 31, 32))
+    assert one(con, "select count(*) from selected") + one(con, "select count(*) from rejected") == 33
+    # a margin over the pair's own columns: ingest keeps the original ratings next to the scores
+    ann = pl.read_parquet(DATA / "alpaca_eval" / "annotations.parquet").head(200)
+    (tmp_path / "ann").mkdir()
+    ann.write_parquet(tmp_path / "ann" / "a.parquet")
+    run = (read(tmp_path / "ann").filter("abs(preference - 1.5) >= 0.4", name="weak judge preference")
+           .write(tmp_path / "A", cache_dir=False, quiet=True))
+    kept = pl.from_arrow(run.table("selected"))
+    assert kept.height > 0 and ((kept["preference"] - 1.5).abs() >= 0.4).all()
