@@ -199,7 +199,8 @@ def semantic(frame: pl.DataFrame, *, eps: float = 0.05, keep: str = "first",
     for c in np.unique(assign):
         members = rows[assign == c]
         members = members[np.argsort(rank[members])]
-        sims = vecs[np.searchsorted(rows, members)] @ vecs[np.searchsorted(rows, members)].T
+        mv = vecs[np.searchsorted(rows, members)]
+        sims = mv @ mv.T
         kept: list[int] = []
         for j, m in enumerate(members):
             dup = next((kept_j for kept_j in kept if sims[j, kept_j] > 1 - eps), None)

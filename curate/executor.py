@@ -50,9 +50,12 @@ def _now() -> str:
 
 
 def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
-                data_columns: list[str] = ()) -> None:
-    """Column contracts, checked before any scorer runs."""
-    available = set(FRAME_BASE) | set(data_columns)
+                data_columns: list[str] | None) -> None:
+    """Column contracts, checked before any scorer runs. With ``data_columns`` None
+    (before ingest, when the input's own columns are not known yet) only the
+    checks that do not depend on them run."""
+    columns_known = data_columns is not None
+    available = set(FRAME_BASE) | set(data_columns or ())
     for i, step in enumerate(pipe.steps):
         if isinstance(step, Score):
             scorer = scorers[i]
@@ -67,12 +70,12 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
             available |= cols
         elif isinstance(step, Filter):
             missing = set(step.expr().meta.root_names()) - available
-            if missing:
+            if missing and columns_known:
                 raise CurateError(f"step {i + 1} (filter {step.label!r}) uses unknown column(s) "
                                   f"{sorted(missing)}; available: {', '.join(sorted(available))}")
         elif isinstance(step, Dedup):
             keep = step.options.get("keep", "first")
-            if keep not in ("first", "longest") and keep not in available:
+            if keep not in ("first", "longest") and keep not in available and columns_known:
                 raise CurateError(f"step {i + 1} (dedup {step.method}) keeps by unknown column "
                                   f"{keep!r}; use 'first', 'longest' or one of: "
                                   f"{', '.join(sorted(available))}")
@@ -82,7 +85,7 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
             except CurateError as err:
                 raise CurateError(f"step {i + 1} (select {step.strategy}): {err}") from err
             for col, hint in needs:
-                if col not in available:
+                if col not in available and columns_known:
                     raise CurateError(f"step {i + 1} (select {step.strategy}) uses unknown column "
                                       f"{col!r}: {hint}; available: {', '.join(sorted(available))}")
 
@@ -128,12 +131,8 @@ class LocalExecutor:
         t0 = time.monotonic()
         root = Path(self.pipe.source.path)
         files = list_files(root)
-        if self.pipe.source.kind:
-            try:  # early check; data columns are known only after ingest
-                _check_plan(self.pipe, self.scorers, self.pipe.source.kind)
-            except CurateError as err:
-                if "unknown column" not in str(err):
-                    raise
+        if self.pipe.source.kind:  # early check; the input's own columns come with ingest
+            _check_plan(self.pipe, self.scorers, self.pipe.source.kind, None)
         for scorer in self.scorers.values():
             scorer.bind_input(str(root))
         models = {s.name: s.model_fingerprint() for s in self.scorers.values()}  # resolves models
@@ -198,20 +197,17 @@ class LocalExecutor:
                 continue
             if isinstance(step, Filter):
                 keep = alive.select(step.expr().fill_null(False)).to_series()
-                stage, reason = "filter", step.label
-                rejected.append(_rejected(alive.filter(~keep)["id"], stage, reason=reason))
+                decision, stage, reason = None, "filter", step.label
             elif isinstance(step, Select):
                 decision = selection.select(alive.drop("_alive", "_part", "_order"), step.strategy,
                                             step.budget, step.options)
                 keep, stage = decision.keep, "select"
                 reason = f"not selected by {step.strategy} (budget {step.budget})"
-                rejected.append(_rejected(alive.filter(~keep)["id"], stage, decision, reason, keep))
             else:
                 decision = self._dedup(step, alive, parts, stats.kind)
-                keep, stage = decision.keep, "dedup"
-                reason = step.method
-                rejected.append(_rejected(alive.filter(~keep)["id"], stage, decision, reason, keep))
+                keep, stage, reason = decision.keep, "dedup", step.method
             dropped = alive.filter(~keep)["id"]
+            rejected.append(_rejected(dropped, stage, decision, reason, keep))
             frame = frame.with_columns(_alive=pl.col("_alive") & ~pl.col("id").is_in(dropped.implode()))
             manifest["stages"].append({"stage": stage, "label": reason if stage != "filter" else step.label,
                                        "in": alive.height, "out": alive.height - len(dropped),
@@ -272,12 +268,11 @@ class LocalExecutor:
             info["workers"] = workers
             needed = ["id", *CANONICAL[kind]]
 
+            # worker processes get bigger batches: per-task overhead is ~50 ms
+            size = self.batch_rows if workers == 1 else max(self.batch_rows, 2048)
+
             def batches():
-                for part, ids in todo.group_by("_part", maintain_order=True):
-                    table = pq.read_table(run_part(parts, part[0]), columns=needed)
-                    table = table.filter(pc.is_in(table["id"], value_set=ids["id"].to_arrow()))
-                    # worker processes get bigger batches: per-task overhead is ~50 ms
-                    size = self.batch_rows if workers == 1 else max(self.batch_rows, 2048)
+                for table in _rows_of(todo, parts, needed):
                     yield from table.to_batches(max_chunksize=size)
 
             with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
@@ -309,11 +304,9 @@ class LocalExecutor:
         def texts(ids: list[str]) -> dict[str, str]:
             from scorers.minhash import field_texts
 
-            wanted = frame.filter(pl.col("id").is_in(ids))
             out: dict[str, str] = {}
-            for part, group in wanted.group_by("_part"):
-                table = pq.read_table(run_part(parts, part[0]), columns=["id", *CANONICAL[kind]])
-                table = table.filter(pc.is_in(table["id"], value_set=group["id"].to_arrow()))
+            for table in _rows_of(frame.filter(pl.col("id").is_in(ids)), parts,
+                                  ["id", *CANONICAL[kind]]):
                 out.update(zip(table["id"].to_pylist(), field_texts(table, o["fields"])))
             return out
 
@@ -391,7 +384,7 @@ def _score_in_worker(batch: pa.RecordBatch) -> pa.Table:
 def map_batches(scorer: Scorer, batches: Iterator[pa.RecordBatch],
                 workers: int) -> Iterator[tuple[pa.RecordBatch, pa.Table]]:
     """(batch, scores) in input order; with ``workers`` > 1 the batches are scored in
-    that many spawned processes, at most two batches per worker in flight."""
+    that many forked processes, at most two batches per worker in flight."""
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for batch in batches:
             yield batch, scorer.score_batch(batch)
@@ -412,8 +405,13 @@ def map_batches(scorer: Scorer, batches: Iterator[pa.RecordBatch],
             yield done, fut.result()
 
 
-def run_part(parts: list[Path], name: str) -> Path:
-    return next(p for p in parts if p.name == name)
+def _rows_of(wanted: pl.DataFrame, parts: list[Path], columns: list[str]) -> Iterator[pa.Table]:
+    """The ``columns`` of the data rows listed in ``wanted`` (id, _part), one table
+    per data part, reading only the parts that hold some of them."""
+    by_name = {p.name: p for p in parts}
+    for part, rows in wanted.group_by("_part", maintain_order=True):
+        table = pq.read_table(by_name[part[0]], columns=columns)
+        yield table.filter(pc.is_in(table["id"], value_set=rows["id"].to_arrow()))
 
 
 def run_pipeline(pipe: Pipeline, output: str | Path, **options: Any) -> Run:

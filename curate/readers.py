@@ -98,6 +98,19 @@ def fingerprint(files: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
+def existing_path(path: str | Path, what: str) -> str:
+    """``path`` resolved, or a CurateError naming ``what`` when it does not exist."""
+    resolved = Path(path).resolve()
+    if not resolved.exists():
+        raise InputError(f"{what} {resolved} does not exist")
+    return str(resolved)
+
+
+def path_fingerprint(path: str | Path) -> str:
+    """Content hash of the data files at ``path`` (a file or a folder)."""
+    return fingerprint(list_files(path), Path(path))
+
+
 def read_chunks(file: Path, chunk_rows: int = 10_000) -> Iterator[Chunk]:
     """Yield the rows of one file in chunks; a file that cannot be read raises InputError."""
     fmt = SUFFIXES[file.suffix.lower()]

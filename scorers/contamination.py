@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.hashing import hash_int
-from curate.readers import fingerprint, list_files, read_chunks
+from curate.readers import existing_path, list_files, path_fingerprint, read_chunks
 from curate.scorer import Scorer, register
 from curate.text import normalize
 from scorers.minhash import field_texts
@@ -60,13 +60,10 @@ class Contamination(Scorer):
             raise CurateError("decontaminate needs at least one evaluation file (against=...)")
         if self.ngram < 1:
             raise CurateError(f"ngram must be >= 1, got {self.ngram}")
-        self.against = [str(Path(p).resolve()) for p in self.against]
-        for p in self.against:
-            if not Path(p).exists():
-                raise CurateError(f"evaluation set {p} does not exist")
+        self.against = [existing_path(p, "evaluation set") for p in self.against]
 
     def model_fingerprint(self) -> str:
-        return ";".join(f"{Path(p).name}:{fingerprint(list_files(p), Path(p))}" for p in self.against)
+        return ";".join(f"{Path(p).name}:{path_fingerprint(p)}" for p in self.against)
 
     def setup(self) -> None:
         if self._index is not None:

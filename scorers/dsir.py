@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.hashing import hash_int
-from curate.readers import fingerprint, list_files
+from curate.readers import existing_path, path_fingerprint
 from curate.scorer import Scorer, register
 from curate.text import normalize
 from scorers.minhash import field_texts
@@ -73,12 +73,9 @@ class DSIR(Scorer):
     def __post_init__(self) -> None:
         if not self.target:
             raise CurateError("dsir needs target=FILE (example rows of the target distribution)")
-        for name in ("target", "raw"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, str(Path(value).resolve()))
-                if not Path(value).exists():
-                    raise CurateError(f"dsir {name} set {value} does not exist")
+        self.target = existing_path(self.target, "dsir target set")
+        if self.raw is not None:
+            self.raw = existing_path(self.raw, "dsir raw set")
 
     def bind_input(self, path: str) -> None:
         if self.raw is None:
@@ -86,7 +83,7 @@ class DSIR(Scorer):
 
     def model_fingerprint(self) -> str:
         parts = [self.target] + ([self.raw] if self.raw else [])
-        return ";".join(fingerprint(list_files(p), Path(p)) for p in parts)
+        return ";".join(path_fingerprint(p) for p in parts)
 
     def setup(self) -> None:
         if self._ratio is None:

@@ -172,10 +172,10 @@ class Perplexity(Scorer):
             start = len(self.render(messages[:i], add_generation_prompt=True)) if i else 0
             if i == 0:  # an answer with no turn before it: find where its content starts
                 start = full.find(m["content"]) if m["content"] else len(self.render([]))
-            end = len(self.render(messages[:i + 1]).rstrip())
-            if not full.startswith(self.render(messages[:i + 1]).rstrip()):
+            through = self.render(messages[:i + 1]).rstrip()
+            if not full.startswith(through):
                 raise ValueError("chat template does not render turns as prefixes")
-            spans.append((start, end))
+            spans.append((start, len(through)))
         enc = self._tok(full, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         targets = [t for t, (a, b) in enumerate(offsets)

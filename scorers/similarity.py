@@ -4,7 +4,6 @@ set, and chosen-vs-rejected similarity of preference pairs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,7 +11,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.models import load_sentence_model, resolve
-from curate.readers import fingerprint, list_files, read_chunks
+from curate.readers import existing_path, list_files, path_fingerprint, read_chunks
 from curate.schema import prompt_texts, rejected_texts, response_texts
 from curate.scorer import Scorer, register
 from scorers.contamination import _strings
@@ -94,14 +93,12 @@ class TargetSimilarity(_Embeds):
     def __post_init__(self) -> None:
         if not self.target:
             raise CurateError("target_similarity needs target=FILE (example rows of the target task)")
-        self.target = str(Path(self.target).resolve())
-        if not Path(self.target).exists():
-            raise CurateError(f"target set {self.target} does not exist")
+        self.target = existing_path(self.target, "target set")
         if self.k < 1:
             raise CurateError(f"k must be >= 1, got {self.k}")
 
     def model_fingerprint(self) -> str:
-        return f"{resolve(self.model).fingerprint};{fingerprint(list_files(self.target), Path(self.target))}"
+        return f"{resolve(self.model).fingerprint};{path_fingerprint(self.target)}"
 
     def setup(self) -> None:
         import faiss

@@ -36,3 +36,8 @@ def curate_cli(*args: str, check: bool = True, env: dict | None = None) -> subpr
         raise AssertionError(f"curate {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stderr[-3000:]}")
     return proc
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess; never raises, the caller checks the result."""
+    return curate_cli(*args, check=False)

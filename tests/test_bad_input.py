@@ -23,13 +23,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import curate_cli
+from conftest import DATA, ROOT, cli
+from conftest import curate_cli as ok
 
 from curate import CurateError, read
 from curate.schema import ROLES
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data"
 if not (DATA / "llamafactory").is_dir():  # fall back to the shared copy
     DATA = Path("/work/shared/data")
 LF = DATA / "llamafactory"
@@ -50,14 +49,6 @@ SFT_PIPELINE = ROOT / "pipelines" / "sft_select.py"
 
 
 # --- helpers ------------------------------------------------------------------
-
-def cli(*args: object) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess (never raises; the caller checks)."""
-    return curate_cli(*args, check=False)
-
-
-ok = curate_cli
-
 
 def manifest(run_dir: Path) -> dict | None:
     p = Path(run_dir) / "manifest.json"

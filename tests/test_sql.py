@@ -21,24 +21,15 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import curate_cli
+from conftest import DATA, ROOT, cli
+from conftest import curate_cli as ok
 
 import curate
 from curate import CurateError, read
 from curate.sql import query
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data"
 EVAL_SET = DATA / "alpaca_eval" / "eval_set.parquet"
 ALPACA = DATA / "llamafactory" / "alpaca_en_demo.parquet"
-
-
-def cli(*args: object) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess (never raises; the caller checks)."""
-    return curate_cli(*args, check=False)
-
-
-ok = curate_cli
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str:
