@@ -19,12 +19,13 @@ kind must meet. ``detect`` picks the adapter from the columns of the input.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from curate.errors import InputError
-from curate.schema import ROLES
+from curate.schema import ROLES, has_answer
 
 
 class BadRow(ValueError):
@@ -32,7 +33,7 @@ class BadRow(ValueError):
 
 
 Row = dict[str, Any]
-Msgs = list[dict[str, str]]
+Msgs = list[dict[str, Any]]
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
@@ -42,14 +43,82 @@ OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user",
                 "assistant": "assistant", "tool": "tool", "function": "tool"}
 
 
-def _msg(role: Any, content: Any, roles: dict[str, str]) -> dict[str, str]:
+def _text_content(content: Any, role: Any) -> str:
+    """Message content as one string: a list of parts (``[{"type": "text", "text": ...}]``)
+    is joined with newlines; a part that is not text is a bad row."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise BadRow(f"a content part of a {role} turn is a {type(part).__name__}")
+            if part.get("type", "text") != "text" or not isinstance(part.get("text"), str):
+                raise BadRow(f"content part of type {part.get('type')!r} in a {role} turn "
+                             "(curate reads text parts only)")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise BadRow(f"non-string content ({type(content).__name__}) in a {role} turn")
+
+
+def _arguments(value: Any) -> str | None:
+    """Tool-call arguments as JSON text (a string is kept exactly as given)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _tool_calls(calls: Any, role: Any) -> list[dict] | None:
+    if calls is None:
+        return None
+    if isinstance(calls, dict):
+        calls = [calls]
+    if not isinstance(calls, (list, tuple)):
+        raise BadRow(f"tool_calls of a {role} turn is a {type(calls).__name__}, expected a list")
+    out = []
+    for c in calls:
+        if not isinstance(c, dict):
+            raise BadRow(f"a tool call of a {role} turn is a {type(c).__name__}")
+        fn = c.get("function") if isinstance(c.get("function"), dict) else c
+        if not isinstance(fn.get("name"), str):
+            raise BadRow(f"a tool call of a {role} turn has no function name")
+        out.append({"id": None if c.get("id") is None else str(c["id"]),
+                    "type": c.get("type") or "function",
+                    "function": {"name": fn["name"], "arguments": _arguments(fn.get("arguments"))}})
+    return out or None
+
+
+def _msg(role: Any, content: Any, roles: dict[str, str], source: dict | None = None) -> dict:
+    """A canonical message; ``source`` is the raw message (for tool calls, tool ids, names)."""
     if not isinstance(role, str) or role.lower() not in roles:
         raise BadRow(f"unknown role {role!r}")
-    if content is None:
-        content = ""
-    if not isinstance(content, str):
-        raise BadRow(f"non-string content ({type(content).__name__}) in a {role} turn")
-    return {"role": roles[role.lower()], "content": content}
+    src = source or {}
+    calls = _tool_calls(src.get("tool_calls"), role)
+    if calls is None and isinstance(src.get("function_call"), dict):  # legacy OpenAI
+        calls = _tool_calls([src["function_call"]], role)
+    name = src.get("name")
+    call_id = src.get("tool_call_id")
+    return {"role": roles[role.lower()], "content": _text_content(content, role),
+            "tool_calls": calls, "tool_call_id": None if call_id is None else str(call_id),
+            "name": name if isinstance(name, str) else None}
+
+
+def _sharegpt_function_call(value: Any) -> dict:
+    """A ShareGPT ``function_call`` turn (JSON text ``{"name", "arguments"}``) as an
+    assistant message with one tool call; text that is not such JSON stays content."""
+    try:
+        call = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        call = None
+    if isinstance(call, dict) and isinstance(call.get("name"), str):
+        return {"role": "assistant", "content": "", "tool_calls": _tool_calls([call], "function_call"),
+                "tool_call_id": None, "name": None}
+    return _msg("function_call", value, SHAREGPT_ROLES)
 
 
 def _as_list(value: Any, what: str) -> list:
@@ -77,7 +146,7 @@ def _openai_msgs(value: Any, what: str) -> Msgs:
     for m in _as_list(value, what):
         if not isinstance(m, dict):
             raise BadRow(f"{what} holds a {type(m).__name__}, expected {{role, content}}")
-        out.append(_msg(m.get("role"), m.get("content"), OPENAI_ROLES))
+        out.append(_msg(m.get("role"), m.get("content"), OPENAI_ROLES, m))
     return out
 
 
@@ -87,27 +156,37 @@ def _sharegpt_msgs(value: Any, what: str) -> Msgs:
         if not isinstance(m, dict):
             raise BadRow(f"{what} holds a {type(m).__name__}, expected {{from, value}}")
         role = m.get("from", m.get("role"))
-        out.append(_msg(role, m.get("value", m.get("content")), SHAREGPT_ROLES))
+        value = m.get("value", m.get("content"))
+        if isinstance(role, str) and role.lower() == "function_call":
+            out.append(_sharegpt_function_call(value))
+        else:
+            out.append(_msg(role, value, SHAREGPT_ROLES, m))
     return out
+
+
+def message(role: str, content: str) -> dict:
+    """A canonical message with text only."""
+    return {"role": role, "content": content, "tool_calls": None, "tool_call_id": None,
+            "name": None}
 
 
 def _user_prompt(instruction: Any, extra: Any = None, system: Any = None, history: Any = None) -> Msgs:
     msgs: Msgs = []
     if system:
-        msgs.append({"role": "system", "content": _str(system, "system")})
+        msgs.append(message("system", _str(system, "system")))
     for pair in history or []:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
             raise BadRow("history entry is not a [user, assistant] pair")
-        msgs.append({"role": "user", "content": _str(pair[0], "history user turn")})
-        msgs.append({"role": "assistant", "content": _str(pair[1], "history assistant turn")})
+        msgs.append(message("user", _str(pair[0], "history user turn")))
+        msgs.append(message("assistant", _str(pair[1], "history assistant turn")))
     text = _str(instruction, "instruction")
     extra = _str(extra, "input", allow_empty=True)
-    msgs.append({"role": "user", "content": f"{text}\n\n{extra}" if extra.strip() else text})
+    msgs.append(message("user", f"{text}\n\n{extra}" if extra.strip() else text))
     return msgs
 
 
 def _answer(text: Any, what: str) -> Msgs:
-    return [{"role": "assistant", "content": _str(text, what)}]
+    return [message("assistant", _str(text, what))]
 
 
 def _split_preference(chosen: Msgs, rejected: Msgs) -> Row:
@@ -133,7 +212,7 @@ def openai(row: Row) -> Row:
 def sharegpt(row: Row) -> Row:
     messages = _sharegpt_msgs(row.get("conversations"), "conversations")
     if "system" in row and row["system"]:
-        messages = [{"role": "system", "content": _str(row["system"], "system")}] + messages
+        messages = [message("system", _str(row["system"], "system"))] + messages
     if "chosen" in row and "rejected" in row:
         return _pref_from_prompt(messages, row["chosen"], row["rejected"], _sharegpt_msgs)
     return {"messages": messages}
@@ -176,16 +255,18 @@ def _ranked_responses(row: Row) -> list[tuple[str, float]]:
 
 
 def ranked(row: Row) -> Row:
-    """Several rated responses to one prompt become one pair. An ``output`` list is
-    ordered best first (LLaMA-Factory ranking data): ``output[0]`` vs ``output[1]``.
-    Scored responses: highest vs lowest score (the first of equal scores wins)."""
+    """Several rated responses to one prompt become one pair: the best vs the worst.
+    An ``output`` list is ordered best first (LLaMA-Factory ranking data): ``output[0]``
+    vs ``output[-1]``. Scored responses: highest vs lowest score (the first of equal
+    scores wins)."""
     if isinstance(row.get("output"), (list, tuple)):
         outs = list(row["output"])
         if len(outs) < 2:
             raise BadRow(f"{len(outs)} response(s); a preference pair needs two")
         return {"prompt": _user_prompt(row.get("instruction", row.get("prompt")), row.get("input"),
                                        row.get("system"), row.get("history")),
-                "chosen": _answer(outs[0], "output[0]"), "rejected": _answer(outs[1], "output[1]")}
+                "chosen": _answer(outs[0], "output[0]"),
+                "rejected": _answer(outs[-1], f"output[{len(outs) - 1}]")}
     pairs = _ranked_responses(row)
     if len(pairs) < 2:
         raise BadRow(f"{len(pairs)} response(s); a preference pair needs two")
@@ -240,7 +321,7 @@ def parse_hh(transcript: Any, what: str) -> Msgs:
     if len(parts) < 3 or parts[0].strip():
         raise BadRow(f"{what} is not a Human/Assistant transcript")
     roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[parts[i]], "content": parts[i + 1]} for i in range(1, len(parts), 2)]
+    return [message(roles[parts[i]], parts[i + 1]) for i in range(1, len(parts), 2)]
 
 
 def hh_rlhf(row: Row) -> Row:
@@ -253,18 +334,36 @@ def text(row: Row) -> Row:
     return {"text": _str(row.get("text"), "text")}
 
 
+def any_text(row: Row) -> Row:
+    """Every string and list-of-strings value of a row, in column order, as one text
+    (``--kind text`` on a layout no adapter knows, such as MT-Bench's ``turns``)."""
+    parts: list[str] = []
+    for value in row.values():
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            parts.extend(value)
+    return {"text": "\n\n".join(p for p in parts if p.strip())}
+
+
 @dataclass(frozen=True)
 class Adapter:
     name: str
     kind: str  # "sft", "preference", "text", or "sft|preference" (decided by columns)
     convert: Callable[[Row], Row]
     detect: Callable[[set[str], Row], bool]
-    consumes: tuple[str, ...]  # input columns replaced by canonical ones
+    needs: tuple[tuple[str, ...], ...] = ()  # per group, a row must have one of these
 
     def kind_for(self, columns: set[str]) -> str:
         if self.kind != "sft|preference":
             return self.kind
         return "preference" if {"chosen", "rejected"} <= columns else "sft"
+
+    def check(self, row: Row) -> None:
+        """BadRow naming the missing column when a row does not fit this layout."""
+        for group in self.needs:
+            if all(row.get(c) is None for c in group):
+                raise BadRow(f"row has no {' or '.join(group)}; the file's layout is {self.name}")
 
 
 def _is_hh(cols: set[str], row: Row) -> bool:
@@ -279,34 +378,61 @@ def _is_ranked(cols: set[str], row: Row) -> bool:
 
 
 ADAPTERS: dict[str, Adapter] = {a.name: a for a in [
-    Adapter("openai", "sft|preference", openai, lambda c, r: "messages" in c, ("messages",)),
-    Adapter("sharegpt", "sft|preference", sharegpt, lambda c, r: "conversations" in c, ()),
-    Adapter("hh_rlhf", "preference", hh_rlhf, _is_hh, ()),
-    Adapter("ranked", "preference", ranked, _is_ranked, ()),
+    Adapter("openai", "sft|preference", openai, lambda c, r: "messages" in c, (("messages",),)),
+    Adapter("sharegpt", "sft|preference", sharegpt, lambda c, r: "conversations" in c,
+            (("conversations",),)),
+    Adapter("hh_rlhf", "preference", hh_rlhf, _is_hh, (("chosen",), ("rejected",))),
+    Adapter("ranked", "preference", ranked, _is_ranked, (("instruction", "prompt"),)),
     Adapter("pairwise", "preference", pairwise,
-            lambda c, r: {"output_1", "output_2", "preference"} <= c, ()),
-    Adapter("alpaca", "sft", alpaca, lambda c, r: {"instruction", "output"} <= c, ()),
+            lambda c, r: {"output_1", "output_2", "preference"} <= c,
+            (("output_1",), ("output_2",), ("preference",))),
+    Adapter("alpaca", "sft", alpaca, lambda c, r: {"instruction", "output"} <= c,
+            (("instruction",), ("output",))),
     Adapter("prompt_pair", "preference", prompt_pair,
-            lambda c, r: {"prompt", "chosen", "rejected"} <= c, ("prompt",)),
+            lambda c, r: {"prompt", "chosen", "rejected"} <= c,
+            (("prompt",), ("chosen",), ("rejected",))),
     Adapter("prompt_completion", "sft", prompt_completion,
-            lambda c, r: bool(c & set(PROMPT_KEYS)) and bool(c & set(ANSWER_KEYS)), ()),
-    Adapter("text", "text", text, lambda c, r: "text" in c, ("text",)),
+            lambda c, r: bool(c & set(PROMPT_KEYS)) and bool(c & set(ANSWER_KEYS)),
+            (PROMPT_KEYS, ANSWER_KEYS)),
+    Adapter("text", "text", text, lambda c, r: "text" in c, (("text",),)),
 ]}
+ANY_TEXT = Adapter("any_text", "text", any_text, lambda c, r: True)
 
 
-def detect(columns: set[str], first_row: Row, file: str) -> Adapter:
-    """The first adapter whose layout matches, or an InputError listing them all."""
-    for adapter in ADAPTERS.values():
-        if adapter.detect(columns, first_row):
-            return adapter
+def _present(row: Row) -> set[str]:
+    return {k for k, v in row.items() if v is not None}
+
+
+def detect(rows: list[Row], file: str, *, kind: str | None = None) -> Adapter:
+    """The layout of a file, decided from its columns over ``rows`` (its first chunk):
+    the adapter that fits the most rows (ties: the order of ``ADAPTERS``). With
+    ``kind="text"`` a file no adapter fits is read as ``any_text``; otherwise it is an
+    InputError listing the layouts."""
+    counts = dict.fromkeys(ADAPTERS, 0)
+    for row in rows[:1000]:
+        present = _present(row)
+        for adapter in ADAPTERS.values():
+            if adapter.detect(present, row):
+                counts[adapter.name] += 1
+                break
+    best = max(counts, key=lambda name: counts[name])  # first of equal counts wins
+    if counts[best]:
+        return ADAPTERS[best]
+    if kind == "text":
+        return ANY_TEXT
+    columns = sorted(set().union(*(r.keys() for r in rows)))
     raise InputError(
-        f"{file}: columns {sorted(columns)} match none of the known layouts "
-        f"({', '.join(ADAPTERS)}); rename the columns or pass --adapter")
+        f"{file}: columns {columns} match none of the known layouts "
+        f"({', '.join(ADAPTERS)}); map your columns (--map prompt=COLUMN --map response=COLUMN, "
+        "or read(..., columns={...})), pass --adapter, or --kind text")
 
 
 def get_adapter(name: str) -> Adapter:
+    if name == ANY_TEXT.name:
+        return ANY_TEXT
     if name not in ADAPTERS:
-        raise InputError(f"unknown adapter {name!r}; choose one of {', '.join(ADAPTERS)}")
+        raise InputError(f"unknown adapter {name!r}; choose one of {', '.join(ADAPTERS)}, "
+                         f"{ANY_TEXT.name}")
     return ADAPTERS[name]
 
 
@@ -319,7 +445,8 @@ def _check_messages(msgs: Msgs, what: str) -> None:
 
 
 def validate(kind: str, row: Row) -> None:
-    """Raise BadRow if a canonical row cannot be trained on."""
+    """Raise BadRow if a canonical row cannot be trained on. An assistant turn that
+    only calls a tool (no text) is a real answer."""
     if kind == "text":
         if not row["text"].strip():
             raise BadRow("empty text")
@@ -334,7 +461,7 @@ def validate(kind: str, row: Row) -> None:
         answers = [m for m in msgs if m["role"] == "assistant"]
         if not answers:
             raise BadRow("no assistant turn")
-        if not answers[-1]["content"].strip():
+        if not has_answer(answers[-1]):
             raise BadRow("empty response")
         if not any(m["content"].strip() for m in msgs if m["role"] == "user"):
             raise BadRow("empty instruction")
@@ -347,5 +474,5 @@ def validate(kind: str, row: Row) -> None:
     if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
         raise BadRow("empty prompt")
     for what, msgs in (("chosen", chosen), ("rejected", rejected)):
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+        if not any(m["role"] == "assistant" and has_answer(m) for m in msgs):
             raise BadRow(f"empty {what} response")

@@ -2,10 +2,16 @@
 
 Each input chunk becomes one part ``data/part-NNNNN.parquet`` holding ``id``, the
 canonical columns, ``source`` (file), ``source_row``, ``prompt_id`` (hash of
-the prompt turns, shared by rows that answer the same prompt), and the original
-columns (renamed ``raw_<name>`` where a name is taken by a canonical column).
-Rows that cannot be trained on (null or empty messages, empty responses,
-non-string content, unknown roles) go to the rejected list with a reason.
+the prompt turns, shared by rows that answer the same prompt), and every original
+column unchanged (renamed ``raw_<name>`` where a canonical column has that name and
+different values; a column equal to its canonical twin, such as a boolean ``label``,
+is not stored twice). Nothing of a row is dropped.
+
+The layout (adapter) is decided per file from the columns of its first chunk; a row
+that does not fit it, or cannot be trained on (null or empty messages, empty
+responses, unknown roles), or does not parse at all (a bad JSONL line, a ragged CSV
+row, bytes that are not UTF-8) goes to the rejected list with a reason and the file
+and line it came from.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import pyarrow as pa
 from curate import adapters as ad
 from curate.errors import InputError
 from curate.hashing import hash_int, hash_text
-from curate.readers import Chunk, list_files, read_chunks
-from curate.schema import CANONICAL, KINDS, prompt_messages
+from curate.readers import Chunk, read_chunks, scan
+from curate.schema import CANONICAL, KINDS, message_text, prompt_messages
 
 RESERVED = {"id", "source", "source_row", "prompt_id"}
+LABEL_COLUMNS = ("label", "kto_tag")  # KTO-style desirable/undesirable flags
 
 
 @dataclass
@@ -35,6 +42,8 @@ class IngestStats:
     rows_ok: int = 0
     bad_reasons: dict[str, int] = field(default_factory=dict)
     kind: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why not read)
+    labeled_rows: int = 0  # sft rows with a KTO label (true or false)
 
 
 class RowIds:
@@ -51,8 +60,17 @@ class RowIds:
         return f"{h:016x}" if n == 0 else hash_text(f"{content}#{n}")
 
 
-def _canonical_json(values: dict[str, Any]) -> str:
-    return json.dumps(values, ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+def _compact(value: Any) -> Any:
+    """``value`` without null fields (so adding optional fields keeps old ids)."""
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value
+
+
+def _canonical_json(values: Any) -> str:
+    return json.dumps(_compact(values), ensure_ascii=False, sort_keys=True, separators=(",", ":"),
                       default=str)
 
 
@@ -65,7 +83,39 @@ def _prompt_id(kind: str, row: dict[str, Any]) -> str | None:
 
 def _as_text(row: dict[str, Any]) -> dict[str, Any]:
     msgs = row.get("messages") or (row.get("prompt", []) + row.get("chosen", []))
-    return {"text": "\n\n".join(m["content"] for m in msgs)}
+    return {"text": "\n\n".join(message_text(m) for m in msgs)}
+
+
+def _label(raw: dict[str, Any]) -> bool | None:
+    """A KTO-style label (``label`` or ``kto_tag``: true/false, or that text), else None."""
+    for name in LABEL_COLUMNS:
+        value = raw.get(name)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+    return None
+
+
+def _tools(raw: dict[str, Any]) -> str | None:
+    """The tool schemas a row declares, as JSON text (text is kept as given)."""
+    value = raw.get("tools")
+    if value is None or isinstance(value, str):
+        return value or None
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _mapper(columns: dict[str, str] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The row as adapters see it under a column mapping (target name -> input column)."""
+    if not columns:
+        return lambda row: row
+    sources = set(columns.values())
+
+    def mapped(row: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in row.items() if k not in sources}
+        out.update({target: row.get(source) for target, source in columns.items()})
+        return out
+    return mapped
 
 
 def _stable_types(table: pa.Table, seen: dict[str, pa.DataType]) -> pa.Table:
@@ -86,7 +136,11 @@ def _stable_types(table: pa.Table, seen: dict[str, pa.DataType]) -> pa.Table:
     return pa.table(cols) if cols else table
 
 
-def _originals(chunk: Chunk, keep: list[int], consumes: tuple[str, ...], kind: str) -> pa.Table:
+def _originals(chunk: Chunk, keep: list[int], kind: str, canonical: dict[str, pa.Array]
+               ) -> pa.Table:
+    """The input columns of the kept rows, every one of them. A column whose name is
+    reserved, or taken by a canonical column with other values, is renamed ``raw_<name>``;
+    one equal to its canonical twin is not stored twice."""
     if chunk.arrow is not None:
         table = chunk.arrow.take(pa.array(keep, pa.int64()))
     else:
@@ -101,85 +155,124 @@ def _originals(chunk: Chunk, keep: list[int], consumes: tuple[str, ...], kind: s
                 cols[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False)
                                        for v in values], pa.string())
         table = pa.table(cols) if cols else pa.table({"_": pa.nulls(len(rows))}).drop(["_"])
-    taken = set(CANONICAL[kind]) | RESERVED
     out = {}
     for name in table.column_names:
-        if name in consumes:
-            continue
-        new = f"raw_{name}" if name in taken else name
         col = table.column(name)
+        if name in canonical and _same(col, canonical[name]):
+            continue
+        new = f"raw_{name}" if name in canonical or name in RESERVED else name
         out[new] = col.cast(pa.string()) if pa.types.is_null(col.type) else col
     return pa.table(out) if out else pa.table({}, schema=pa.schema([]))
 
 
+def _same(original: pa.ChunkedArray, canonical: pa.Array) -> bool:
+    """Whether each holds exactly the other (both ways: a cast may drop or add fields)."""
+    orig = original.combine_chunks()
+    try:
+        return (orig.cast(canonical.type).equals(canonical)
+                and canonical.cast(orig.type).equals(orig))
+    except (pa.ArrowException, NotImplementedError):
+        return False
+
+
 def ingest(path: str | Path, *, kind: str | None = None, adapter: str | None = None,
-           chunk_rows: int = 10_000, on_rows: Callable[[int], None] | None = None
+           columns: dict[str, str] | None = None, chunk_rows: int = 10_000,
+           on_rows: Callable[[int], None] | None = None
            ) -> Iterator[tuple[pa.Table | None, list[dict], IngestStats]]:
     """Yield (canonical part table or None, rejected records, running stats) per chunk.
 
+    ``columns`` maps the names adapters know (prompt, response, instruction, output,
+    messages, text, label, ...) to the input's own column names.
     Raises InputError for problems with whole files: missing path, unreadable
     file, unknown layout, a file whose rows are all bad, mixed kinds.
     """
     if kind is not None and kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     root = Path(path)
-    files = list_files(root)
+    found = scan(root)
+    files = found.files
     forced = ad.get_adapter(adapter) if adapter else None
-    stats = IngestStats(files=[str(f) for f in files], kind=kind)
+    stats = IngestStats(files=[str(f) for f in files], kind=kind, skipped=found.skipped)
     ids, bad_ids = RowIds(), RowIds()
     seen_types: dict[str, pa.DataType] = {}
     dataset_kind: str | None = kind
+    view = _mapper(columns)
     for file in files:
         rel = str(file.relative_to(root)) if file != root else file.name
         file_ok = file_rows = 0
         first_reason = None
         chosen: ad.Adapter | None = forced
         for chunk in read_chunks(file, chunk_rows):
-            if not chunk.rows:
+            if not chunk.rows and not chunk.errors:
                 continue
-            if chosen is None:
-                chosen = ad.detect(set(chunk.rows[0]), chunk.rows[0], str(file))
-            stats.adapters[rel] = chosen.name
-            columns = set(chunk.rows[0]) if chunk.arrow is None else set(chunk.arrow.column_names)
-            row_kind = chosen.kind_for(columns)
-            if dataset_kind is None:
-                dataset_kind = stats.kind = row_kind
-            out_kind = dataset_kind
-            if row_kind != out_kind and not (out_kind == "text"):
-                raise InputError(f"{file}: layout {chosen.name!r} gives {row_kind} rows but the "
-                                 f"dataset is {out_kind}; put different kinds in different inputs")
+            raws = [view(r) for r in chunk.rows]
+            if columns and chunk.rows and file_rows == 0:
+                names = set().union(*(r.keys() for r in chunk.rows))
+                missing = sorted(src for src in columns.values() if src not in names)
+                if missing:
+                    raise InputError(f"{file}: no column(s) {missing} to map; its columns are "
+                                     f"{sorted(names)}")
+            if chosen is None and raws:
+                chosen = ad.detect(raws, str(file), kind=kind)
             canon, keep, rejected = [], [], []
-            for i, raw in enumerate(chunk.rows):
-                try:
-                    row = chosen.convert(raw)
-                    if out_kind == "text" and row_kind != "text":
-                        row = _as_text(row)
-                    ad.validate(out_kind, row)
-                except (ad.BadRow, StopIteration, TypeError, AttributeError, KeyError) as err:
-                    reason = str(err) if isinstance(err, ad.BadRow) else f"malformed row ({type(err).__name__}: {err})"
-                    first_reason = first_reason or reason
-                    stats.bad_reasons[reason] = stats.bad_reasons.get(reason, 0) + 1
-                    rid = bad_ids(_canonical_json({"bad": raw}))
-                    rejected.append({"id": f"bad-{rid}", "stage": "ingest", "reason": reason,
-                                     "detail": f"{rel} row {chunk.start + i}"})
-                    continue
-                row["id"] = ids(_canonical_json(row))
-                canon.append(row)
-                keep.append(i)
-            n = len(chunk.rows)
+
+            def reject(reason: str, detail: str, content: Any) -> None:
+                nonlocal first_reason
+                first_reason = first_reason or reason
+                stats.bad_reasons[reason] = stats.bad_reasons.get(reason, 0) + 1
+                rid = bad_ids(_canonical_json({"bad": content}))
+                rejected.append({"id": f"bad-{rid}", "stage": "ingest", "reason": reason,
+                                 "detail": detail})
+
+            for where, message in chunk.errors:
+                reject("row does not parse", f"{rel} {where}: {message}", [rel, where])
+            if chosen is not None and raws:
+                stats.adapters[rel] = chosen.name
+                names = set().union(*(r.keys() for r in raws))
+                row_kind = chosen.kind_for(names)
+                if dataset_kind is None:
+                    dataset_kind = stats.kind = row_kind
+                out_kind = dataset_kind
+                if row_kind != out_kind and out_kind != "text":
+                    raise InputError(f"{file}: layout {chosen.name!r} gives {row_kind} rows but "
+                                     f"the dataset is {out_kind}; put different kinds in "
+                                     "different inputs")
+                for i, raw in enumerate(raws):
+                    try:
+                        chosen.check(raw)
+                        row = chosen.convert(raw)
+                        if out_kind == "text" and row_kind != "text":
+                            row = _as_text(row)
+                        ad.validate(out_kind, row)
+                    except (ad.BadRow, StopIteration, TypeError, AttributeError, KeyError) as err:
+                        reason = (str(err) if isinstance(err, ad.BadRow)
+                                  else f"malformed row ({type(err).__name__}: {err})")
+                        reject(reason, f"{rel} row {chunk.start + i}", chunk.rows[i])
+                        continue
+                    if out_kind != "text":
+                        row["tools"] = _tools(raw)
+                    if out_kind == "sft":
+                        row["label"] = _label(raw)
+                        stats.labeled_rows += row["label"] is not None
+                    row["id"] = ids(_canonical_json(row))
+                    canon.append(row)
+                    keep.append(i)
+            n = len(chunk.rows) + len(chunk.errors)
             file_rows += n
             file_ok += len(keep)
             stats.rows_read += n
             stats.rows_ok += len(keep)
             table = None
             if keep:
-                cols = {"id": pa.array([r["id"] for r in canon], pa.string())}
-                for name, typ in CANONICAL[out_kind].items():
-                    cols[name] = pa.array([r[name] for r in canon], typ)
+                assert dataset_kind is not None
+                canonical = {name: pa.array([r[name] for r in canon], typ)
+                             for name, typ in CANONICAL[dataset_kind].items()}
+                cols = {"id": pa.array([r["id"] for r in canon], pa.string()), **canonical}
                 cols["source"] = pa.array([rel] * len(keep), pa.string())
                 cols["source_row"] = pa.array([chunk.start + i for i in keep], pa.int64())
-                cols["prompt_id"] = pa.array([_prompt_id(out_kind, r) for r in canon], pa.string())
-                originals = _stable_types(_originals(chunk, keep, chosen.consumes, out_kind),
+                cols["prompt_id"] = pa.array([_prompt_id(dataset_kind, r) for r in canon],
+                                             pa.string())
+                originals = _stable_types(_originals(chunk, keep, dataset_kind, canonical),
                                           seen_types)
                 for name in originals.column_names:
                     cols[name] = originals.column(name)
@@ -193,4 +286,3 @@ def ingest(path: str | Path, *, kind: str | None = None, adapter: str | None = N
     if stats.rows_read == 0:
         raise InputError(f"{path}: the input has no rows")
     stats.kind = dataset_kind
-

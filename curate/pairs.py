@@ -4,7 +4,8 @@ For every prompt with at least two answers in a run, the answer with the
 highest value of a column (``by``: a score such as the target model's mean
 log-probability, or an existing rating column of the data) becomes ``chosen``
 and the lowest becomes ``rejected``; each pair records both ids, both values
-and why it was built. Ties make no pair. The result is a Parquet file that
+and why it was built. Ties make no pair. With ``by="label"`` (KTO-style data) a
+desirable answer (label true) is paired with an undesirable one (label false). The result is a Parquet file that
 ``curate ingest`` reads as a preference dataset.
 """
 
@@ -33,7 +34,8 @@ def build_pairs(run_dir: str | Path, output: str | Path, *, by: str = "logprob_c
                           f"scores: {', '.join(c for c in scores.columns if c != 'id')}")
     if by not in data.columns:
         data = data.join(scores.select("id", by), on="id", how="left")
-    rows = data.select("id", "prompt_id", "messages", by).drop_nulls(by)
+    boolean = data.schema[by] == pl.Boolean
+    rows = data.select("id", "prompt_id", "messages", pl.col(by).cast(pl.Float64)).drop_nulls(by)
     ranked = rows.sort([by, "id"], descending=[True, False])
     groups = ranked.group_by("prompt_id", maintain_order=True).agg(
         n=pl.len(), chosen_id=pl.col("id").first(), rejected_id=pl.col("id").last(),
@@ -50,8 +52,9 @@ def build_pairs(run_dir: str | Path, output: str | Path, *, by: str = "logprob_c
             "chosen_id": r["chosen_id"], "rejected_id": r["rejected_id"],
             "chosen_value": r["chosen_value"], "rejected_value": r["rejected_value"],
             "answers": r["n"], "prompt_id": r["prompt_id"],
-            "pair_reason": f"highest vs lowest {by} of {r['n']} answers: "
-                           f"{r['chosen_value']:.4g} vs {r['rejected_value']:.4g}",
+            "pair_reason": (f"{by} true vs false, of {r['n']} answers" if boolean else
+                            f"highest vs lowest {by} of {r['n']} answers: "
+                            f"{r['chosen_value']:.4g} vs {r['rejected_value']:.4g}"),
         })
     schema = pa.schema([("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES),
                         ("chosen_id", pa.string()), ("rejected_id", pa.string()),

@@ -27,6 +27,7 @@ class Read:
     path: str | None = None
     kind: str | None = None
     adapter: str | None = None
+    columns: dict[str, str] | None = None  # adapter name -> input column
 
 
 @dataclass(frozen=True)
@@ -188,21 +189,24 @@ class Pipeline:
         return self._with_score(score)._add(Dedup("decontaminate", {"ngram": ngram}))
 
     def with_input(self, path: str | Path, *, kind: str | None = None,
-                   adapter: str | None = None) -> Pipeline:
+                   adapter: str | None = None, columns: dict[str, str] | None = None) -> Pipeline:
         """The same pipeline over another input."""
         return dataclasses.replace(self, source=Read(str(path), kind or self.source.kind,
-                                                     adapter or self.source.adapter))
+                                                     adapter or self.source.adapter,
+                                                     columns or self.source.columns))
 
     def spec(self) -> dict[str, Any]:
         """A JSON-able description (stored in the manifest; part of the run key)."""
         return {"name": self.name, "params": self.params,
-                "source": {"kind": self.source.kind, "adapter": self.source.adapter},
+                "source": {"kind": self.source.kind, "adapter": self.source.adapter,
+                           **({"columns": self.source.columns} if self.source.columns else {})},
                 "steps": [_step_spec(s) for s in self.steps]}
 
     def explain(self) -> str:
         """The plan as text, one step per line."""
+        mapped = "".join(f", {k}={v}" for k, v in (self.source.columns or {}).items())
         lines = [f"read {self.source.path or '<input>'} (kind={self.source.kind or 'auto'}, "
-                 f"adapter={self.source.adapter or 'auto'})"]
+                 f"adapter={self.source.adapter or 'auto'}{mapped})"]
         lines += [json.dumps(_step_spec(s), default=str) for s in self.steps]
         return "\n".join(lines)
 
@@ -233,18 +237,28 @@ def from_spec(spec: dict[str, Any], path: str | Path | None = None) -> Pipeline:
             steps.append(Dedup(d["method"], d.get("options", {})))
         else:
             raise CurateError(f"unknown step {kind!r} in the pipeline spec")
-    return Pipeline(Read(str(path) if path is not None else None, src.get("kind"), src.get("adapter")),
+    return Pipeline(Read(str(path) if path is not None else None, src.get("kind"), src.get("adapter"),
+                         src.get("columns")),
                     tuple(steps), spec.get("name", "pipeline"), spec.get("params", {}))
 
 
 def read(path: str | Path | None = None, *, kind: str | None = None,
-         adapter: str | None = None) -> Pipeline:
-    """Start a pipeline over a file or directory (Parquet, JSON, JSONL or CSV).
+         adapter: str | None = None, columns: dict[str, str] | None = None) -> Pipeline:
+    """Start a pipeline over a file or directory (Parquet, JSON, JSONL or CSV, the last
+    three also compressed as .gz or .zst).
 
     ``kind`` is ``sft``, ``preference`` or ``text`` (default: from the layout);
-    ``adapter`` forces a layout (default: detected from the columns).
+    ``adapter`` forces a layout (default: detected from the columns); ``columns`` maps
+    the names a layout expects to your columns, e.g. ``{"prompt": "question",
+    "response": "answer"}``.
     """
-    return Pipeline(Read(str(path) if path is not None else None, kind, adapter))
+    if columns is not None:
+        if not isinstance(columns, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and v for k, v in columns.items()):
+            raise CurateError("columns must map layout names to your column names, "
+                              "e.g. {'prompt': 'question', 'response': 'answer'}")
+        columns = dict(columns)
+    return Pipeline(Read(str(path) if path is not None else None, kind, adapter, columns or None))
 
 
 # --- parameters --------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Default SFT selection for a target model.
 
+0. KTO-style data (a true/false `label` per answer): answers labelled false
+   (undesirable) are never selected unless `keep_undesirable` is set.
+
 1. Token and length statistics under the target model's tokenizer.
 2. Rule-based quality checks on the answer: empty, refusal boilerplate, cut off
    mid-sentence, repeated n-grams or lines, mostly symbols.
@@ -19,6 +22,7 @@ from curate import Param, pipeline, read
 
 @pipeline(
     budget=Param(1000, "rows to select, or a token budget such as '200000tokens'"),
+    keep_undesirable=Param(False, "keep answers a KTO-style label marks undesirable (label false)"),
     model=Param("smollm2-135m", "target model: tokenizer for token counts, LM for IFD"),
     max_ngram_repetition=Param(0.3, "max share of repeated word 3-grams in the answer"),
     max_line_repetition=Param(0.3, "max share of duplicated lines in the answer"),
@@ -35,11 +39,13 @@ from curate import Param, pipeline, read
     rank_by=Param("text_stats_response_words", "score the selection walks from (highest first)"),
     max_similarity=Param(0.9, "max cosine between two selected rows (Deita)"),
 )
-def sft_select(budget, model, max_ngram_repetition, max_line_repetition, max_non_alnum_ratio,
+def sft_select(budget, keep_undesirable, model, max_ngram_repetition, max_line_repetition, max_non_alnum_ratio,
                drop_refusals, drop_truncated, near_dup_threshold, min_relevance, use_ifd, max_ifd,
                ifd_max_length, rank_by, max_similarity):
-    p = (read(kind="sft")
-         .score("text_stats", tokenizer=model)
+    p = read(kind="sft")
+    if not keep_undesirable:
+        p = p.filter("label IS NULL OR label", name="labelled undesirable (KTO label false)")
+    p = (p.score("text_stats", tokenizer=model)
          .score("quality")
          .filter("not quality_empty_response", name="empty response"))
     if drop_refusals:

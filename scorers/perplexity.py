@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from curate.models import load_causal_lm, load_tokenizer, pick_device, resolve
-from curate.schema import kind_of
+from curate.schema import for_template, kind_of, message_text
 from curate.scorer import Resources, Scorer, register
 
 log = logging.getLogger("curate.perplexity")
@@ -93,6 +93,7 @@ class Perplexity(Scorer):
     _tok = None  # loaded in setup(); plain class attributes, not config fields
     _lm = None
     _template = ""
+    _native_tools = False  # the chat template renders tool calls and tool schemas itself
     _replicas: ClassVar[list] = []
 
     # --- protocol ------------------------------------------------------------------
@@ -125,8 +126,10 @@ class Perplexity(Scorer):
             for k in range(1, torch.cuda.device_count()):  # data parallel: one replica per GPU
                 self._replicas.append(load_causal_lm(self.model, device=f"cuda:{k}",
                                                      dtype=self.effective_dtype()))
-        if getattr(self._tok, "chat_template", None):
+        template = getattr(self._tok, "chat_template", None)
+        if template:
             self._template = "chat template of the tokenizer"
+            self._native_tools = "tool_calls" in str(template)
         else:
             self._template = FALLBACK_TEMPLATE
             log.warning("model %s has no chat template; using a plain User:/Assistant: template",
@@ -144,11 +147,16 @@ class Perplexity(Scorer):
 
     # --- rendering -------------------------------------------------------------------
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """The conversation as the trainer sees it (chat template or the fallback)."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = False,
+               tools: str | None = None) -> str:
+        """The conversation as the trainer sees it (chat template or the fallback), tool
+        calls and tool schemas included (as text where the template has no place for them)."""
+        messages, schemas = for_template(messages, tools, native_tools=self._native_tools)
         if self._template != FALLBACK_TEMPLATE:
+            extra = {"tools": schemas} if schemas else {}
             return self._tok.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+                                                 add_generation_prompt=add_generation_prompt,
+                                                 **extra)
         names = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
         eos = self._tok.eos_token or ""
         text = "".join(f"{names[m['role']]}: {m['content']}{eos if m['role'] == 'assistant' else ''}\n\n"
@@ -160,19 +168,22 @@ class Perplexity(Scorer):
             content = content.replace(special, "")
         return bool(content.strip())
 
-    def conversation(self, messages: list[dict]) -> Sequence | None:
-        """Token ids of ``messages`` with every assistant turn as targets (None: nothing to score)."""
-        if not any(m["role"] == "assistant" and self._scorable(m["content"]) for m in messages):
+    def conversation(self, messages: list[dict], tools: str | None = None) -> Sequence | None:
+        """Token ids of ``messages`` with every assistant turn (text and tool calls) as
+        targets (None: nothing to score)."""
+        if not any(m["role"] == "assistant" and self._scorable(message_text(m)) for m in messages):
             return None
-        full = self.render(messages)
+        full = self.render(messages, tools=tools)
         spans = []
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            start = len(self.render(messages[:i], add_generation_prompt=True)) if i else 0
+            start = (len(self.render(messages[:i], add_generation_prompt=True, tools=tools))
+                     if i else 0)
             if i == 0:  # an answer with no turn before it: find where its content starts
-                start = full.find(m["content"]) if m["content"] else len(self.render([]))
-            through = self.render(messages[:i + 1]).rstrip()
+                text = message_text(m)
+                start = full.find(text) if text else len(self.render([], tools=tools))
+            through = self.render(messages[:i + 1], tools=tools).rstrip()
             if not full.startswith(through):
                 raise ValueError("chat template does not render turns as prefixes")
             spans.append((start, len(through)))
@@ -187,7 +198,7 @@ class Perplexity(Scorer):
         try:
             return self.conversation(answers)
         except Exception:  # templates that insist on a user turn first: plain answer text
-            return self.plain("\n".join(m["content"] for m in answers))
+            return self.plain("\n".join(message_text(m) for m in answers))
 
     def plain(self, text: str) -> Sequence | None:
         """Raw text (no template): every token after the first is a target."""
@@ -268,15 +279,17 @@ class Perplexity(Scorer):
         kind = kind_of(batch.schema)
         if kind == "text":
             return self._score_text(batch)
+        tools = (batch.column("tools").to_pylist() if "tools" in batch.schema.names
+                 else [None] * batch.num_rows)
         if kind == "sft":
             convs = batch.column("messages").to_pylist()
-            res = self._score_answers([(c, c) for c in convs])
+            res = self._score_answers([(c, c) for c in convs], tools)
             return {**{k: [r[k] for r in res] for k in PER_ANSWER}, **_flags(res)}
         prompts = batch.column("prompt").to_pylist()
         chosen = batch.column("chosen").to_pylist()
         rejected = batch.column("rejected").to_pylist()
-        rc = self._score_answers([(p + c, c) for p, c in zip(prompts, chosen)])
-        rr = self._score_answers([(p + r, r) for p, r in zip(prompts, rejected)])
+        rc = self._score_answers([(p + c, c) for p, c in zip(prompts, chosen)], tools)
+        rr = self._score_answers([(p + r, r) for p, r in zip(prompts, rejected)], tools)
         out = {f"chosen_{k}": [r[k] for r in rc] for k in PER_ANSWER}
         out.update({f"rejected_{k}": [r[k] for r in rr] for k in PER_ANSWER})
         out["logprob_margin"] = [None if a["logprob_conditional"] is None or b["logprob_conditional"] is None
@@ -288,11 +301,13 @@ class Perplexity(Scorer):
         out.update(_flags(merged))
         return out
 
-    def _score_answers(self, rows: list[tuple[list[dict], list[dict]]]) -> list[dict]:
-        """rows: (conversation, its answer turns). Returns one result dict per row."""
+    def _score_answers(self, rows: list[tuple[list[dict], list[dict]]],
+                       tools: list[str | None]) -> list[dict]:
+        """rows: (conversation, its answer turns); tools: each row's tool schemas.
+        Returns one result dict per row."""
         cond, alone = [], []
-        for conv, answers in rows:
-            c = self.conversation(conv)
+        for (conv, answers), row_tools in zip(rows, tools):
+            c = self.conversation(conv, row_tools)
             a = self.answers_alone([m for m in answers if m["role"] == "assistant"]) if c else None
             cond.append(self._truncate(c) if c else None)
             alone.append(self._truncate(a) if a else None)

@@ -93,8 +93,16 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
+def _plain(value):
+    """Messages without their null fields (tool calls, tool ids, names of plain turns)."""
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "role" in value[0]:
+        return [{k: v for k, v in m.items() if v is not None} for m in value]
+    return value
+
+
 def selected_rows(run) -> list[dict]:
-    return sorted(run.table("selected").to_pylist(), key=lambda r: (r["source"], r["source_row"]))
+    rows = [{k: _plain(v) for k, v in r.items()} for r in run.table("selected").to_pylist()]
+    return sorted(rows, key=lambda r: (r["source"], r["source_row"]))
 
 
 def ids_in_order(run, name: str = "data") -> list[str]:
@@ -143,14 +151,28 @@ def test_corrupt_parquet_among_good_ones(tmp_path, damage):
     assert m is None or m["status"] == "failed"
 
 
+def _one_rejected_line(out: Path, where: str) -> dict:
+    rej = read_run(out).table("rejected").to_pylist()
+    assert len(rej) == 1, rej
+    assert rej[0]["stage"] == "ingest" and rej[0]["reason"] == "row does not parse"
+    assert where in rej[0]["detail"], rej[0]["detail"]
+    return rej[0]
+
+
 def test_jsonl_with_a_line_that_is_not_json(tmp_path):
+    """One broken line rejects that line (with file, line and the parser's message);
+    the other rows are read."""
     good = rows(ALPACA, 4)
     lines = [json.dumps(r) for r in good]
     lines.insert(2, '{"instruction": "Name a colour", "output": "red"')  # line 3: no closing brace
     f = tmp_path / "train.jsonl"
     f.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    user_error(cli("ingest", f, "-o", out, "-q"), str(f), "line 3", out=out)
+    ok("ingest", f, "-o", out, "-q")
+    rej = _one_rejected_line(out, "train.jsonl line 3: not valid JSON")
+    assert "delimiter" in rej["detail"] or "Expecting" in rej["detail"]
+    assert manifest(out)["counts"] == {"input": 5, "ingest_rejected": 1, "selected": 4,
+                                       "rejected": 1}
 
 
 def test_json_file_holding_json_lines_names_the_bad_line(tmp_path):
@@ -160,7 +182,9 @@ def test_json_file_holding_json_lines_names_the_bad_line(tmp_path):
     f = tmp_path / "train.json"
     f.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    user_error(cli("ingest", f, "-o", out, "-q"), str(f), "line 5", out=out)
+    ok("ingest", f, "-o", out, "-q")
+    _one_rejected_line(out, "train.json line 5: not valid JSON")
+    assert manifest(out)["counts"]["selected"] == 5
 
 
 def test_truncated_json_array(tmp_path):
@@ -262,16 +286,17 @@ def bad_rows_input(folder: Path) -> tuple[Path, dict[tuple[str, int], str]]:
     """Real alpaca rows and real OpenAI-messages rows, each file followed by broken
     rows; returns the folder and {(file, row): expected reason fragment}."""
     alpaca, kto = rows(ALPACA, 8), rows(KTO, 8)
-    bad_alpaca = [(dict(alpaca[0], output=None), "output is null"),
+    bad_alpaca = [(dict(alpaca[0], output=None), "row has no output; the file's layout is alpaca"),
                   (dict(alpaca[1], output="  \n "), "empty response"),
                   (dict(alpaca[2], output=42), "not a string"),
                   (dict(alpaca[3], instruction=["a", "list"]), "not a string")]
     user, answer = kto[0]["messages"][0], kto[0]["messages"][1]
-    bad_kto = [({"messages": None, "label": True}, "messages is null"),
+    bad_kto = [({"messages": None, "label": True}, "row has no messages; the file's layout is openai"),
                ({"messages": [user, dict(answer, content="")], "label": True}, "empty response"),
                ({"messages": [dict(user, content=7), answer], "label": False}, "non-string content"),
-               ({"messages": [dict(user, content=["x", "y"]), answer], "label": False},
-                "non-string content"),
+               ({"messages": [dict(user, content=[{"type": "image_url", "image_url": {
+                   "url": "https://example.com/cat.png"}}]), answer], "label": False},
+                "content part of type 'image_url'"),
                ({"messages": [dict(user, role="wizard"), answer], "label": True}, "unknown role"),
                ({"messages": [], "label": True}, "empty messages")]
     expected = {}
@@ -402,8 +427,17 @@ def check_sharegpt_sft(run, raw):
     for r in sel:
         src = raw[r["source_row"]]
         assert [m["role"] for m in r["messages"]] == [roles[m["from"]] for m in src["conversations"]]
-        assert [m["content"] for m in r["messages"]] == [m["value"] for m in src["conversations"]]
+        for m, s in zip(r["messages"], src["conversations"]):
+            if s["from"] == "function_call":  # a tool call, not text
+                call = json.loads(s["value"])
+                assert m["content"] == "" and len(m["tool_calls"]) == 1
+                fn = m["tool_calls"][0]["function"]
+                assert fn["name"] == call["name"]
+                assert json.loads(fn["arguments"]) == call["arguments"]
+            else:
+                assert m["content"] == s["value"]
         assert r["tools"] == src["tools"]
+        assert r["conversations"] == src["conversations"]  # the original, unchanged
         n_tool += any(m["role"] == "tool" for m in r["messages"])
     assert n_tool >= 50, "the glaive tool-call rows must keep their tool turns"
 
@@ -459,8 +493,7 @@ def check_ranked(run, raw):
         assert r["chosen"] == [{"role": "assistant", "content": src["output"][0]}]
         assert len(r["rejected"]) == 1 and r["rejected"][0]["role"] == "assistant"
         assert r["rejected"][0]["content"] in src["output"][1:]
-        if len(src["output"]) == 2:
-            assert r["rejected"][0]["content"] == src["output"][1]
+        assert r["rejected"][0]["content"] == src["output"][-1]  # best vs worst
         assert r["prompt"][-1]["role"] == "user"
         assert r["prompt"][-1]["content"].startswith(src["instruction"])
         assert len(r["prompt"]) == 1 + 2 * len(src["history"] or [])
@@ -525,13 +558,18 @@ def test_adapter_on_real_data(tmp_path, adapter, path, kind, check):
     check(run, raw)
 
 
-def test_ranked_pairs_output_0_with_output_1(tmp_path):
+def test_ranked_pairs_best_with_worst(tmp_path):
+    """LLaMA-Factory ranking rows list answers best first: the pair is the first
+    against the last (best vs worst), as the README says."""
     raw = rows(OAAST_RM)
     run = ingest_api(OAAST_RM, tmp_path / "run")
     longer = [r for r in selected_rows(run) if len(raw[r["source_row"]]["output"]) > 2]
     assert len(longer) == 341
     for r in longer:
-        assert r["rejected"][0]["content"] == raw[r["source_row"]]["output"][1]
+        out = raw[r["source_row"]]["output"]
+        assert r["chosen"][0]["content"] == out[0]
+        assert r["rejected"][0]["content"] == out[-1]
+    assert sum(r["rejected"][0]["content"] != raw[r["source_row"]]["output"][1] for r in longer) > 300
 
 
 # --- formats and ids ----------------------------------------------------------------
