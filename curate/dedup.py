@@ -5,10 +5,16 @@ embedding columns written by a scorer), finds clusters of duplicates and keeps
 one row per cluster by a rule: ``first`` (earliest in the input), ``longest``,
 or the highest value of any score column. Dropped rows carry the cluster and
 the id of the kept ``representative``.
+
+MinHash clusters are stars, not connected components: walking rows in keep
+order, a row not yet taken becomes a representative and takes every not yet
+taken row it is directly similar to, so every dropped row is itself within the
+threshold of the row it names (no chains A~B~C that drop C for A).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -85,6 +91,69 @@ def components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         label = new
 
 
+def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,
+                  max_rounds: int = 64) -> np.ndarray:
+    """Greedy star clustering in keep order over the edge list (u, v).
+
+    The result is what this walk gives: visit nodes best ``rank`` first; a node
+    not yet assigned becomes a representative and claims every not yet assigned
+    neighbour. Returns, per node, the index of its representative (itself for a
+    representative or a node without edges); a claimed node points at its
+    best-ranked representative neighbour, so it is always directly joined to it.
+
+    Computed in rounds over numpy edge arrays (representatives are the
+    lexicographically first maximal independent set in rank order): each round
+    claims the undecided nodes that have a representative neighbour, then makes
+    representatives of the undecided nodes with no better-ranked undecided
+    neighbour. Long chains would need many rounds, so after ``max_rounds`` the
+    rest is walked node by node."""
+    rep = np.arange(n, dtype=np.int64)
+    u, v = np.asarray(u, dtype=np.int64), np.asarray(v, dtype=np.int64)
+    keep = u != v
+    u, v = u[keep], v[keep]
+    if len(u) == 0:
+        return rep
+    nodes, inv = np.unique(np.concatenate([u, v]), return_inverse=True)
+    m = len(nodes)
+    lu, lv = inv[:len(u)], inv[len(u):]
+    r = rank[nodes]
+    # orient every edge from the better-ranked node (a) to the worse (b)
+    swap = r[lu] > r[lv]
+    a0, b0 = np.where(swap, lv, lu), np.where(swap, lu, lv)
+    state = np.zeros(m, dtype=np.int8)  # 0 undecided, 1 representative, 2 claimed
+    a, b = a0, b0
+
+    def claim(a, b):
+        state[b[(state[a] == 1) & (state[b] == 0)]] = 2
+        live = (state[a] == 0) & (state[b] == 0)
+        return a[live], b[live]
+
+    for _ in range(max_rounds):
+        a, b = claim(a, b)
+        blocked = np.zeros(m, dtype=bool)
+        blocked[b] = True  # a better-ranked undecided neighbour may still claim it
+        state[(state == 0) & ~blocked] = 1
+        if not (state == 0).any():
+            break
+    else:
+        a, b = claim(a, b)
+        order = np.argsort(a, kind="stable")
+        a, b = a[order], b[order]
+        start = np.searchsorted(a, np.arange(m + 1))
+        for x in np.flatnonzero(state == 0)[np.argsort(r[state == 0], kind="stable")]:
+            if state[x] == 0:
+                state[x] = 1
+                out = b[start[x]:start[x + 1]]
+                state[out[state[out] == 0]] = 2
+    # a claimed node goes to its best-ranked representative neighbour
+    hit = (state[a0] == 1) & (state[b0] == 2)
+    ha, hb = a0[hit], b0[hit]
+    order = np.lexsort((r[ha], hb))
+    first = np.unique(hb[order], return_index=True)[1]
+    rep[nodes[hb[order][first]]] = nodes[ha[order][first]]
+    return rep
+
+
 LENGTH_COLUMNS = ("minhash_chars", "exact_chars", "text_stats_chars")
 
 
@@ -110,7 +179,7 @@ def priority(frame: pl.DataFrame, keep: str) -> np.ndarray:
 
 
 def decide(frame: pl.DataFrame, labels: np.ndarray, rank: np.ndarray, method: str,
-           reason: str) -> Decision:
+           reason: str, detail: pl.Series | None = None) -> Decision:
     """Keep the best-ranked row of each cluster (label); the rest point at it."""
     df = pl.DataFrame({"_label": labels, "_rank": rank, "id": frame["id"]})
     best = df.sort("_rank").group_by("_label", maintain_order=True).agg(
@@ -122,7 +191,7 @@ def decide(frame: pl.DataFrame, labels: np.ndarray, rank: np.ndarray, method: st
     return Decision(keep=keep, reason=pl.Series([reason] * frame.height),
                     representative=df["rep"].zip_with(~keep, pl.Series([None] * frame.height,
                                                                       dtype=pl.String)),
-                    cluster=df.select(cluster.alias("c"))["c"])
+                    cluster=df.select(cluster.alias("c"))["c"], detail=detail)
 
 
 # --- methods ---------------------------------------------------------------------------
@@ -136,13 +205,44 @@ def exact(frame: pl.DataFrame, keep: str = "first") -> Decision:
     return decide(frame, labels, priority(frame, keep), "exact", "exact duplicate")
 
 
-def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
-            texts: Callable[[list[str]], dict[str, str]] | None = None, ngram: int = 5,
-            shingle: str = "word", max_bucket_pairs: int = 50) -> Decision:
-    """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
-    candidate pairs whose exact Jaccard of shingles is >= ``threshold`` connect."""
-    check_threshold(threshold)
-    n = frame.height
+#: A row averaging more characters than this per whitespace-separated word has (almost)
+#: no spaces: Chinese, Japanese, Thai... Real English, code and markup average 5-7.
+NO_SPACE_CHARS_PER_WORD = 15
+#: Warn about word shingles when at least this share of the rows has no spaces.
+NO_SPACE_SHARE = 0.25
+
+
+def no_space_share(frame: pl.DataFrame, ngram: int) -> float:
+    """Share of the rows (of 20+ characters) that look like text without spaces, judged
+    from the scorer's ``minhash_chars`` and word ``minhash_shingles`` counts (a text of
+    w > n words has w - n + 1 word n-grams; one of at most n words has one)."""
+    if "minhash_chars" not in frame.columns or "minhash_shingles" not in frame.columns:
+        return 0.0
+    df = frame.select(c=pl.col("minhash_chars"), s=pl.col("minhash_shingles")).filter(pl.col("c") >= 20)
+    if df.height == 0:
+        return 0.0
+    words = pl.when(pl.col("s") > 1).then(pl.col("s") + ngram - 1).otherwise(ngram)
+    return float(df.select(((pl.col("c") / words) > NO_SPACE_CHARS_PER_WORD).mean()).item())
+
+
+def check_shingles(frame: pl.DataFrame, shingle: str, ngram: int) -> str | None:
+    """A warning (also emitted with ``warnings.warn``) when word shingles are used on
+    text that mostly has no spaces; None otherwise."""
+    if shingle != "word":
+        return None
+    share = no_space_share(frame, ngram)
+    if share < NO_SPACE_SHARE:
+        return None
+    msg = (f"minhash: {share:.0%} of the rows have (almost) no spaces (more than "
+           f"{NO_SPACE_CHARS_PER_WORD} characters per word, e.g. Chinese or Japanese); word "
+           f"{ngram}-grams see few tokens there and miss near-duplicates: use --shingle char "
+           f"(shingle='char')")
+    warnings.warn(msg, UserWarning, stacklevel=3)
+    return msg
+
+
+def _pairs(frame: pl.DataFrame, max_bucket_pairs: int) -> np.ndarray:
+    """Candidate pairs (i < j, row indexes): rows sharing a band hash."""
     idx = frame.select(pl.int_range(pl.len()).alias("_n"), "minhash_bands")
     exploded = (idx.drop_nulls("minhash_bands")
                 .with_columns(_band=pl.int_ranges(pl.col("minhash_bands").list.len()))
@@ -156,19 +256,76 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
                          for j in range(i + 1, len(members)))
         else:  # a huge bucket: connect everyone to its first member
             pairs.update((members[0], m) for m in members[1:])
-    edges = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
+def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]:
+    """Per edge, the Jaccard estimated from the rows' 8-bit MinHash sketches (or, for
+    scores without sketches, the share of equal LSH band hashes) and how it was had."""
+    nodes, inv = np.unique(edges, return_inverse=True)
+    inv = inv.reshape(edges.shape)
+    if "minhash_sketch" in frame.columns:
+        from scorers.minhash import sketch_jaccard
+
+        raw = frame["minhash_sketch"].gather(nodes).to_list()
+        mat = np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(nodes), -1)
+        return sketch_jaccard(mat[inv[:, 0]], mat[inv[:, 1]]), f"{mat.shape[1]} permutations"
+    bands = frame["minhash_bands"].gather(nodes)
+    mat = np.array(bands.to_list(), dtype=np.uint64).reshape(len(nodes), -1)
+    return (mat[inv[:, 0]] == mat[inv[:, 1]]).mean(axis=1), f"share of {mat.shape[1]} LSH bands equal"
+
+
+def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
+            texts: Callable[[list[str]], dict[str, str]] | None = None, ngram: int = 5,
+            shingle: str = "word", max_bucket_pairs: int = 50) -> Decision:
+    """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
+    candidate pairs whose exact Jaccard of shingles is >= ``threshold`` are joined.
+
+    Clusters are stars in keep order (``star_clusters``), so every dropped row is
+    joined directly to its kept representative: with ``verify`` their exact Jaccard
+    is >= ``threshold`` and is written to the row's ``detail``. Without ``verify``
+    every candidate pair is taken as a duplicate and ``detail`` gives the Jaccard
+    estimated from the two rows' MinHash signatures (``minhash_sketch``)."""
+    check_threshold(threshold)
+    check_shingles(frame, shingle, ngram)
+    n = frame.height
+    edges = _pairs(frame, max_bucket_pairs)
+    ids = frame["id"].to_numpy()
+    how = ""
     if verify and len(edges):
         if texts is None:
             raise CurateError("minhash verification needs the row texts")
         nodes = np.unique(edges)
-        ids = frame["id"].to_numpy()
         got = texts([ids[i] for i in nodes])
         sets = {i: set(shingles(got[ids[i]], ngram, shingle)) for i in nodes}
-        ok = [len(sets[a] & sets[b]) >= threshold * len(sets[a] | sets[b]) > 0 for a, b in edges]
-        edges = edges[np.array(ok, dtype=bool)]
-    labels = components(n, edges[:, 0], edges[:, 1])
-    reason = f"near-duplicate (minhash, Jaccard >= {threshold}{', verified' if verify else ''})"
-    return decide(frame, labels, priority(frame, keep), "minhash", reason)
+        inter = np.fromiter((len(sets[a] & sets[b]) for a, b in edges.tolist()), np.int64, len(edges))
+        size = np.zeros(n, dtype=np.int64)
+        size[nodes] = [len(sets[i]) for i in nodes]
+        union = size[edges[:, 0]] + size[edges[:, 1]] - inter
+        ok = (inter >= threshold * union) & (union > 0)
+        edges, sim = edges[ok], inter[ok] / union[ok]
+    elif len(edges):
+        sim, how = _estimates(frame, edges)
+    else:
+        sim = np.zeros(0)
+    rank = priority(frame, keep)
+    rep = star_clusters(n, edges[:, 0], edges[:, 1], rank)
+    # the edge that joins each dropped row to its representative (edges are i < j, sorted)
+    dropped = np.flatnonzero(rep != np.arange(n))
+    key = edges[:, 0] * n + edges[:, 1]
+    edge = np.searchsorted(key, np.minimum(dropped, rep[dropped]) * n
+                           + np.maximum(dropped, rep[dropped]))
+    detail = [None] * n
+    if verify:
+        reason = f"near-duplicate (MinHash, Jaccard >= {threshold}, verified)"
+        for i, e in zip(dropped.tolist(), edge.tolist()):
+            detail[i] = f"jaccard {sim[e]:.3f} to {ids[rep[i]]}"
+    else:
+        reason = f"near-duplicate (MinHash LSH candidate, threshold {threshold}, not verified)"
+        for i, e in zip(dropped.tolist(), edge.tolist()):
+            detail[i] = (f"estimated jaccard {sim[e]:.3f} to {ids[rep[i]]} "
+                         f"(from MinHash signatures, {how}; not verified)")
+    return decide(frame, rep, rank, "minhash", reason, pl.Series("detail", detail, dtype=pl.String))
 
 
 def semantic(frame: pl.DataFrame, *, eps: float = 0.05, keep: str = "first",

@@ -7,6 +7,10 @@ hash function (xxh32 of each UTF-8 shingle) they equal
 numpy. The scorer writes one hash per LSH band (``bands`` x ``rows`` values of
 the signature each); rows sharing any band hash are candidate duplicates.
 Empty texts have no shingles and get null bands, so they never match.
+
+It also writes ``minhash_sketch``: the lowest 8 bits of every signature value
+(b-bit MinHash, ``num_perm`` bytes a row), enough to estimate the Jaccard of a
+candidate pair when it is not verified against the texts (``sketch_jaccard``).
 """
 
 from __future__ import annotations
@@ -86,16 +90,31 @@ def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return h
 
 
+def sketches(sigs: np.ndarray) -> np.ndarray:
+    """The b-bit (b = 8) sketch of each signature: its values mod 256 (docs x num_perm)."""
+    return sigs.astype(np.uint8)
+
+
+def sketch_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Jaccard estimated from 8-bit sketches (rows of ``a`` against rows of ``b``): the
+    share of equal bytes, less the 1/256 chance that two different minima agree in
+    their lowest 8 bits (Li and Koenig, b-bit minwise hashing). Standard error about
+    sqrt(J(1-J)/num_perm): 0.035 at J = 0.8 with 128 permutations."""
+    equal = (a == b).mean(axis=-1)
+    return np.clip((equal - 1 / 256) / (1 - 1 / 256), 0.0, 1.0)
+
+
 @register
 @dataclass
 class MinHash(Scorer):
     """MinHash LSH band hashes of a row's text (word or character shingles)."""
 
     name: ClassVar[str] = "minhash"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     parallel: ClassVar[bool] = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "minhash_bands": pa.list_(pa.uint64()),
+        "minhash_sketch": pa.binary(),
         "minhash_shingles": pa.int32(),
         "minhash_chars": pa.int64(),
     }
@@ -120,6 +139,8 @@ class MinHash(Scorer):
         sh = [shingles(t, self.ngram, self.shingle) for t in texts]
         sigs = signatures(sh, self.num_perm, self.seed)
         bands = band_hashes(sigs, self.bands, self.rows)
+        sk = sketches(sigs)
         return {"minhash_bands": [list(map(int, b)) if s else None for b, s in zip(bands, sh)],
+                "minhash_sketch": [k.tobytes() if s else None for k, s in zip(sk, sh)],
                 "minhash_shingles": [len(s) for s in sh],
                 "minhash_chars": [len(t) for t in texts]}

@@ -3,11 +3,17 @@
 The judged response is ``curate.schema.response_texts``: the last assistant turn
 (sft), the chosen answer (preference) or the whole document (text). Every
 heuristic is a pure function of one string, so it can be tested on its own.
+
+Refusals are recognised in English, Chinese and Japanese, and by their most
+common phrasings in Spanish, French, German and Russian. Truncation has two
+rule sets: the word-based one for text with spaces, and one for Chinese and
+Japanese text (mostly Han or kana characters), which has no words to count.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,7 +52,58 @@ REFUSAL_PHRASES: tuple[str, ...] = (
     "i'm unable to",
     "i am not able to provide",
     "i'm not able to provide",
+    # Spanish, French, German, Russian: the usual openings of a refusal or AI disclaimer
+    "como modelo de lenguaje",
+    "como un modelo de lenguaje",
+    "como una ia, no",
+    "como inteligencia artificial, no",
+    "lo siento, pero no puedo",
+    "lo siento, no puedo",
+    "en tant que modèle de langage",
+    "en tant qu'ia",
+    "en tant qu'intelligence artificielle",
+    "je suis désolé, mais je ne peux pas",
+    "je suis désolée, mais je ne peux pas",
+    "désolé, mais je ne peux pas",
+    "als ki-sprachmodell",
+    "als sprachmodell",
+    "als ki bin ich",
+    "es tut mir leid, aber ich kann",
+    "как языковая модель",
+    "как модель ии",
+    "как ии, я",
+    "как искусственный интеллект, я",
+    "извините, но я не могу",
+    "к сожалению, я не могу",
 )
+
+#: Chinese and Japanese refusals and AI boilerplate, searched in the response after
+#: NFKC (full-width ，！？： become ,!?:), lower-casing and removing spaces (not newlines).
+CJK_REFUSAL_PATTERNS: tuple[str, ...] = (
+    # "作为一个AI语言模型" / "我是一个语言模型" / "我只是一个大型语言模型"
+    r"(?:作为|我是|我只是)(?:一个|一名|一款)?(?:开源的?|大型的?)?(?:ai|人工智能)?语言模型",
+    # "作为一个人工智能，我没有感情" / "作为开源的人工智能助理，我不能..."
+    r"作为(?:一个|一名)?(?:开源的?)?(?:ai|人工智能)(?:助手|助理)?,?我(?:没有|不能|无法|不会|并不|不具备)",
+    # "我只是一个开源人工智能助理"
+    r"我只是(?:一个|一款)(?:开源的?)?(?:ai|人工智能)",
+    # "抱歉，我不能..." / "很抱歉，作为..., 我暂时无法..." / "抱歉，我没有联网查询...的能力"
+    r"(?:抱歉|对不起|很遗憾)[^。!?\n]{0,20}?(?:无法|不能|不可以|没办法|没有办法|做不到|不具备"
+    r"|没有[^。!?\n]{0,15}?能力)",
+    # an answer that opens with "I cannot": "我无法回答这个问题"
+    r"^(?:我|本助手)(?:无法|不能)",
+    # "我不能提供人肉方法" / "我无法协助您..."
+    r"我(?:无法|不能|不可以)(?:为你|为您|向你|向您)?(?:提供|协助|帮助|帮你|帮您)",
+    # Japanese: "AI言語モデルとして" / "申し訳ありませんが、...できません"
+    r"(?:ai|人工知能)?言語モデルとして",
+    r"申し訳(?:ありません|ございません)[がでし、,。]*[^。!?\n]{0,30}?(?:できません|できかねます|いたしかねます)",
+    r"(?:お答え|お手伝い|ご協力)(?:でき|いたしかね)ません",
+)
+_CJK_REFUSAL = re.compile("|".join(CJK_REFUSAL_PATTERNS))
+_SPACES = re.compile(r"[^\S\n]+")
+# Han ideographs and Japanese kana: the scripts written without spaces
+_CJK_CHAR = re.compile("[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                       "\U00020000-\U0002fa1f]")
+_ALNUM = re.compile(r"[^\W_]")
 
 _WORD = re.compile(r"\w+")
 _WS = re.compile(r"\s+")
@@ -64,6 +121,19 @@ _LABEL_VALUE = re.compile(r"(?:^|[,;]\s*)[A-Z][\w ]{0,30}:\s*\S[^:,;]{0,30}$")
 # An inline enumeration "1. Uno 2. Chess 3. Go" ending the line.
 _INLINE_LIST = re.compile(r"(?:^|\s)1[.)]\s.*\s\d{1,2}[.)]\s+[^.!?]{1,60}$")
 _SENTENCE_END = ".!?"
+# Chinese / Japanese endings. A line "ends a sentence" with one of these (full-width and
+# NFKC forms, closing quotes and brackets, ellipsis, tilde); a text ending in a CJK
+# comma, colon or enumeration comma was cut inside a sentence.
+_CJK_FINAL = set("。！？!?.．…~～」』”’）)】》〉\"'")
+_CJK_CONTINUING = set("，、；：,;:")
+_CJK_OPEN = {"“": "”", "「": "」", "『": "』", "《": "》", "（": "）", "(": ")", "【": "】"}
+# Endings a Chinese sentence cannot stop on: a possessive pronoun before its noun
+# ("...追到她的"), a conjunction or preposition before its clause; Japanese を / へ.
+_CJK_DANGLING = re.compile(
+    r"(?:[我你您他她它](?:们)?的|因为|所以|如果|虽然|但是|而且|以及|并且|或者|通过|由于|为了|关于|"
+    r"根据|例如|比如|包括|以便|以免|然后|[をへ])$")
+# A list item: "1. ", "2)", "- ", "* ", "• ", "（三）", "一、".
+_LIST_ITEM = re.compile(r"^\s*(?:\d{1,3}[.)、．]|[-*•·]|[（(][一二三四五六七八九十\d]{1,3}[)）]|[一二三四五六七八九十]{1,3}、)")
 # How long (in words) a last line may be and still count as a fragment-style line
 # (list entry, poem line, signature, table row) when the line before it also has
 # no final punctuation.
@@ -109,9 +179,28 @@ def is_empty(text: str) -> bool:
 
 
 def is_refusal(text: str) -> bool:
-    """True if the response contains one of ``REFUSAL_PHRASES``."""
+    """True if the response contains one of ``REFUSAL_PHRASES`` (English and other
+    languages written with spaces) or matches one of ``CJK_REFUSAL_PATTERNS`` (Chinese
+    and Japanese)."""
     norm = _WS.sub(" ", text.replace("\u2019", "'").lower())
-    return any(p in norm for p in REFUSAL_PHRASES)
+    if any(p in norm for p in REFUSAL_PHRASES):
+        return True
+    if not _CJK_CHAR.search(text):
+        return False
+    compact = _SPACES.sub("", unicodedata.normalize("NFKC", text).lower()).strip()
+    return _CJK_REFUSAL.search(compact) is not None
+
+
+def _is_cjk(c: str) -> bool:
+    """A Han ideograph or Japanese kana (scripts written without spaces)."""
+    return _CJK_CHAR.match(c) is not None
+
+
+def cjk_share(text: str) -> float:
+    """Share of the letters and digits of ``text`` that are Han or kana characters."""
+    if not _CJK_CHAR.search(text):
+        return 0.0
+    return len(_CJK_CHAR.findall(text)) / max(1, len(_ALNUM.findall(text)))
 
 
 def is_truncated(text: str, min_words: int = 20) -> bool:
@@ -126,10 +215,22 @@ def is_truncated(text: str, min_words: int = 20) -> bool:
     or a short last line (list entry, poem line, signature, table row) after a
     line that has no final sentence punctuation either. Answers ending in ``)``,
     quotes or other punctuation are never flagged by their ending.
+
+    Chinese and Japanese text (at least half of its letters Han or kana) has no
+    words to count and often omits the final 。 in casual answers, so it is judged
+    by stricter signs of a cut, once it has 1.5 x ``min_words`` Han/kana
+    characters: it ends on a comma, enumeration comma, semicolon or colon
+    (，、；：); or it ends on a Han/kana character and its last line leaves a quote
+    or bracket open (“ 《 「 （), stops on a word that needs a continuation (a
+    possessive "她的", a conjunction or preposition such as 因为 / 以及 / 通过,
+    Japanese を / へ), or is a list item, shorter than its siblings, in a list
+    whose items end with final punctuation.
     """
     lines = [line for line in text.splitlines() if line.strip()]
     if sum(1 for line in lines if _FENCE.match(line)) % 2:
         return True
+    if cjk_share(text) >= 0.5:
+        return _cjk_truncated(lines, min_words)
     stripped = text.rstrip()
     if not stripped or len(stripped.split()) < min_words:
         return False
@@ -147,6 +248,42 @@ def is_truncated(text: str, min_words: int = 20) -> bool:
     return True
 
 
+def _cjk_truncated(lines: list[str], min_words: int) -> bool:
+    """The truncation rules for Chinese and Japanese text (see ``is_truncated``)."""
+    if sum(len(_CJK_CHAR.findall(line)) for line in lines) < 1.5 * min_words:
+        return False  # about ``min_words`` words: 1.5 characters per Chinese word
+    last = lines[-1].strip()
+    end = last[-1]
+    if end in _CJK_CONTINUING:
+        return True  # cut after a comma or a colon
+    if not _is_cjk(end):
+        return False  # final punctuation, a number, a Latin word, an emoji...
+    for open_, close in _CJK_OPEN.items():  # a quote or bracket opened and never closed
+        i = last.rfind(open_)
+        if i >= 0 and close not in last[i + 1:]:
+            return True
+    if _CJK_DANGLING.search(last):
+        return True
+    # a list whose items end with final punctuation, and a last item that stops short
+    # of them without it ("- 举例说明这些性格特点在日常" after "- ...细心等。")
+    marker = _list_marker(last)
+    if len(lines) >= 3 and marker:
+        items = [line.strip() for line in lines[:-1] if _list_marker(line) == marker]
+        if len(items) >= 2 and all(item[-1] in _CJK_FINAL for item in items[-3:]):
+            return len(last) < sorted(map(len, items))[len(items) // 2]
+    return False
+
+
+def _list_marker(line: str) -> str | None:
+    """The kind of list item ``line`` is ("1" numbered, "-", "*", "(" for （三）, "一" for
+    一、), or None when it is not one."""
+    m = _LIST_ITEM.match(line)
+    if not m:
+        return None
+    c = m.group(0).strip()[0]
+    return "1" if c.isdigit() else "(" if c in "（(" else "一" if c in "一二三四五六七八九十" else c
+
+
 @register
 @dataclass
 class Quality(Scorer):
@@ -158,7 +295,7 @@ class Quality(Scorer):
     """
 
     name: ClassVar[str] = "quality"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     parallel: ClassVar[bool] = True
     columns: ClassVar[dict[str, pa.DataType]] = {
         "quality_ngram_repetition": pa.float64(),
