@@ -117,7 +117,19 @@ def list_models() -> list[dict[str, Any]]:
     return rows
 
 
-def _hf_dir(ref: ModelRef) -> Path:
+MODEL_MARKER = "curate_model.json"  # written last by `curate finetune`
+
+
+def finetuned(path: Path) -> dict[str, Any] | None:
+    """The record of a finished curate fine-tune in ``path`` (None: not one)."""
+    try:
+        info = json.loads((path / MODEL_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("status") == "complete" else None
+
+
+def hf_dir(ref: ModelRef) -> Path:
     """A transformers-loadable directory for ``ref`` (GGUF converted once, cached)."""
     if ref.gguf_file is None:
         return ref.path
@@ -159,7 +171,7 @@ def load_tokenizer(name: str):
 
     ref = resolve(name)
     try:
-        return AutoTokenizer.from_pretrained(_hf_dir(ref))
+        return AutoTokenizer.from_pretrained(hf_dir(ref))
     except (OSError, ValueError) as err:
         raise ModelError(f"model {name!r}: no usable tokenizer in {ref.path} ({err})") from err
 
@@ -182,8 +194,18 @@ def load_causal_lm(name: str, device: str | None = None, dtype: str | None = Non
     device = pick_device(device)
     torch_dtype = getattr(torch, dtype) if dtype else (
         torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    tuned = finetuned(ref.path) if ref.gguf_file is None else None
     try:
-        model = AutoModelForCausalLM.from_pretrained(_hf_dir(ref), dtype=torch_dtype)
+        if tuned and not tuned.get("merged") and tuned.get("adapter"):
+            # a LoRA fine-tune: its base model with the adapter merged in for inference
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(hf_dir(resolve(tuned["base_model"])),
+                                                        dtype=torch_dtype)
+            model = PeftModel.from_pretrained(base, str(ref.path)).merge_and_unload()
+        else:
+            where = ref.path / "merged" if tuned and tuned.get("merged") else hf_dir(ref)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype)
     except (OSError, ValueError) as err:
         raise ModelError(f"model {name!r}: cannot load a causal LM from {ref.path} ({err})") from err
     try:

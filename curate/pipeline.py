@@ -97,6 +97,7 @@ class Pipeline:
     steps: tuple[Step, ...] = ()
     name: str = "pipeline"
     params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] | None = None  # .finetune(...): trains on the selection after the run
 
     def _add(self, step: Step) -> Pipeline:
         return dataclasses.replace(self, steps=self.steps + (step,))
@@ -210,15 +211,37 @@ class Pipeline:
         lines += [json.dumps(_step_spec(s), default=str) for s in self.steps]
         return "\n".join(lines)
 
+    def finetune(self, output: str | Path, *, model: str = "smollm2-135m", merge: bool = False,
+                 resume: bool = False, overwrite: bool = False, **hyperparameters: Any) -> Pipeline:
+        """Train ``model`` on the selected rows once the run is written (the last step):
+        TRL SFT, or DPO with ``method="dpo"``; LoRA by default. ``hyperparameters`` are
+        ``curate.finetune.TrainConfig`` fields. The model lands in ``output``."""
+        from curate.finetune import TrainConfig
+
+        TrainConfig.from_options(hyperparameters).check()  # fail now, not after the run
+        return dataclasses.replace(self, training={
+            "output": str(output), "model": model, "merge": merge, "resume": resume,
+            "overwrite": overwrite, "config": hyperparameters})
+
     def write(self, output: str | Path, **options: Any):
-        """Run the pipeline into the run directory ``output``; returns the finished ``Run``.
+        """Run the pipeline into the run directory ``output``; returns the finished ``Run``
+        (and, with ``.finetune(...)``, trains on its selection).
 
         Options: ``overwrite``, ``quiet``, ``cache_dir`` (None: $CURATE_HOME/scores;
         False: no cache), ``chunk_rows``, ``batch_rows``.
         """
         from curate.executor import run_pipeline
 
-        return run_pipeline(self, output, **options)
+        run = run_pipeline(self, output, **options)
+        if self.training:
+            from curate.finetune import TrainConfig, finetune
+
+            t = self.training
+            finetune(run.path, t["output"], model=t["model"], merge=t["merge"],
+                     resume=t["resume"], overwrite=t["overwrite"],
+                     config=TrainConfig.from_options(t["config"]),
+                     quiet=bool(options.get("quiet")))
+        return run
 
 
 def from_spec(spec: dict[str, Any], path: str | Path | None = None) -> Pipeline:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import DATA, curate_cli
-from curate.models import _hf_dir, resolve
+from curate.models import hf_dir, resolve
 from curate.schema import MESSAGES
 from curate.scorer import get_scorer
 from scorers.perplexity import FALLBACK_TEMPLATE
@@ -126,7 +126,7 @@ def test_preference_rows_score_both_sides(ppl):
 
 
 def test_model_without_chat_template_falls_back(tmp_path, caplog):
-    src = _hf_dir(resolve("smollm2-135m"))
+    src = hf_dir(resolve("smollm2-135m"))
     local = tmp_path / "model"
     shutil.copytree(src, local)
     (local / "chat_template.jinja").unlink(missing_ok=True)
