@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,25 @@ def _exec_options(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _done(run, quiet: bool) -> None:
-    manifest = run.manifest() or {}
-    counts = manifest.get("counts", {})
+    # the counts were logged by the run itself ("selected N of M rows, rejected K")
     if not quiet:
-        click.echo(f"selected {counts.get('selected')} / rejected {counts.get('rejected')} "
-                   f"of {counts.get('input')} input rows", err=True)
         click.echo(f"results: {run.path}  (try: curate sql {run.path} \"select count(*) from selected\")",
                    err=True)
     click.echo(str(run.path))
 
 
+_DEBUG = {"on": False}
+
+
+def _debug() -> bool:
+    return _DEBUG["on"] or os.environ.get("CURATE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="curate")
-def cli() -> None:
+@click.option("--debug", is_flag=True,
+              help="On an error, print the Python traceback too (or set CURATE_DEBUG=1).")
+def cli(debug: bool) -> None:
     """curate: score, deduplicate and select LLM post-training data.
 
     \b
@@ -63,6 +70,11 @@ def cli() -> None:
       curate sql runs/sft "select count(*) from selected"
       curate explain runs/sft <id>
     """
+    if debug:
+        _DEBUG["on"] = True
+    from curate.progress import silence_hf
+
+    silence_hf()  # curate reports its own progress; no transformers / hub bars
 
 
 KIND = click.option("--kind", type=click.Choice(["sft", "preference", "text"]), default=None,
@@ -101,10 +113,35 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _pipeline_help(path: str) -> str:
+def _user_code(path: str, what: str, fn, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` that runs the code of the pipeline file ``path``; an exception that
+    code raises is the user's error: one line naming the file and line (the
+    traceback with --debug)."""
+    try:
+        return fn(*args, **kwargs)
+    except CurateError:
+        raise
+    except Exception as err:
+        target = Path(path).resolve()
+        lineno = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else None
+        for frame in traceback.extract_tb(err.__traceback__):
+            if Path(frame.filename).resolve() == target:
+                lineno = frame.lineno
+        where = f"{path}:{lineno}" if lineno else path
+        text = (err.msg if isinstance(err, SyntaxError) else str(err)).strip()
+        raise CurateError(f"pipeline file {where}: {what} raised {type(err).__name__}"
+                          + (f": {text.splitlines()[0]}" if text else "")
+                          + ("" if _debug() else " (run with --debug for the traceback)")) from err
+
+
+def _load_pipeline(path: str):
     from curate.pipeline import load_pipeline_file
 
-    tpl = load_pipeline_file(path)
+    return _user_code(path, "loading it", load_pipeline_file, path)
+
+
+def _pipeline_help(path: str) -> str:
+    tpl = _load_pipeline(path)
     lines = [f"Pipeline {tpl.name} ({path})"]
     if tpl.doc:
         lines += ["", tpl.doc]
@@ -135,15 +172,16 @@ def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, outpu
 
     `curate run PIPELINE_FILE --help` lists the pipeline's parameters.
     """
-    from curate.pipeline import load_pipeline_file
-
-    if show_help or pipeline_file is None:
+    if show_help:
         click.echo(ctx.get_help())
         if pipeline_file:
             click.echo("\n" + _pipeline_help(pipeline_file))
         return
-    tpl = load_pipeline_file(pipeline_file)
-    pipe = tpl.bind(**_parse_sets(sets))
+    if pipeline_file is None:
+        raise CurateError("missing PIPELINE_FILE: curate run PIPELINE_FILE --input DATA --output RUN "
+                          "(e.g. pipelines/sft_select.py; see curate run --help)")
+    tpl = _load_pipeline(pipeline_file)
+    pipe = _user_code(pipeline_file, "building the pipeline", tpl.bind, **_parse_sets(sets))
     if input_:
         pipe = pipe.with_input(input_, kind=kind, adapter=adapter)
     if explain:
@@ -171,10 +209,8 @@ def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, outpu
 def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], output: str,
           kind: str | None, adapter: str | None, **kw: Any) -> None:
     """Score every row of INPUT; scores land in RUN/scores (nothing is filtered)."""
-    import dataclasses
-
     from curate.pipeline import read
-    from curate.scorer import SCORERS, scorer_names as all_names
+    from curate.scorer import SCORERS, option_defaults, scorer_names as all_names
 
     all_names()
     opts_in = _parse_sets(options)
@@ -182,11 +218,11 @@ def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], o
     pipe = read(input, kind=kind, adapter=adapter)
     for name in scorer_names:
         cls = SCORERS.get(name)
-        fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+        defaults = option_defaults(cls, mark_required=False) if cls else {}
         config = {}
         for k, v in opts_in.items():
-            if k in fields:
-                config[k] = _coerce(v, fields[k].default)
+            if k in defaults:
+                config[k] = _coerce(v, defaults[k])
                 used.add(k)
         pipe = pipe.score(name, **config)
     unused = set(opts_in) - used
@@ -235,6 +271,18 @@ def dedup(input: str, method: str, output: str, threshold: float, num_perm: int,
     """
     from curate.pipeline import read
 
+    # options are checked before anything is created, so a typo leaves no run behind
+    if method == "semantic" and not 0 < eps < 1:
+        raise CurateError(f"--eps {eps}: must be in (0, 1) (a cosine similarity above 1 - eps "
+                          "makes a duplicate; 0.05 is the usual value)")
+    if method == "minhash" and not 0 < threshold <= 1:
+        raise CurateError(f"--threshold {threshold}: must be a Jaccard similarity in (0, 1]")
+    if (bands is None) != (rows is None):
+        raise CurateError("--bands and --rows go together: give both or neither")
+    if bands is not None and rows is not None and bands * rows > num_perm:
+        raise CurateError(f"--bands {bands} x --rows {rows} = {bands * rows} needs at least that "
+                          f"many permutations (--num-perm {num_perm})")
+    _check_keep(keep, input, method)
     if method == "exact":
         options = {"fields": fields, "keep": keep}
     elif method == "minhash":
@@ -246,6 +294,31 @@ def dedup(input: str, method: str, output: str, threshold: float, num_perm: int,
     opts = _exec_options(kw)
     run = read(input, kind=kind, adapter=adapter).dedup(method, **options).write(output, **opts)
     _done(run, opts["quiet"])
+
+
+def _check_keep(keep: str, input: str, method: str) -> None:
+    """A --keep column must exist: a column of the dedup's own scorer or of the input
+    (peeked at from the first rows of its files, before any run directory exists)."""
+    if keep in ("first", "longest"):
+        return
+    from curate.readers import list_files, read_chunks
+    from curate.scorer import get_scorer
+
+    scorer = {"exact": "exact", "minhash": "minhash", "semantic": "embedding"}[method]
+    known = set(get_scorer(scorer).columns)
+    try:
+        for file in list_files(input)[:50]:
+            chunk = next(iter(read_chunks(file, chunk_rows=100)), None)
+            if chunk is not None:
+                names = chunk.arrow.column_names if chunk.arrow is not None else \
+                    {k for row in chunk.rows for k in row}
+                known |= {c for name in names for c in (name, f"raw_{name}")}
+    except Exception:  # an unreadable input is reported by the run itself, with its file
+        return
+    if keep not in known:
+        raise CurateError(f"--keep {keep!r}: no such column; use first, longest, or a numeric "
+                          f"column of the input or the {scorer} scorer: "
+                          f"{', '.join(sorted(c for c in known if not c.startswith('raw_')))}")
 
 
 @cli.command()
@@ -316,14 +389,36 @@ def select(run_dir: str, strategy: str, budget: str | None, options: tuple[str, 
     if budget is not None and budget.strip().isdigit():
         parsed_budget = int(budget)
     pipe = pipe.select(strategy, budget=parsed_budget, **opts_in)
+    _check_replay(pipe, run)  # before anything is created: a typo leaves no run behind
     opts = _exec_options(kw)
     new = pipe.write(output, **opts)
     _done(new, opts["quiet"])
 
 
+def _check_replay(pipe, run) -> None:
+    """The plan checks of a run (strategy, options, budget, every column a step reads),
+    done against the columns the source run already has, so `curate select` refuses
+    a bad option before it creates the output directory."""
+    from curate.executor import _check_plan, _data_columns
+    from curate.pipeline import Score
+    from curate.scorer import get_scorer
+
+    kind = (run.manifest() or {}).get("input", {}).get("kind") or pipe.source.kind
+    scorers = {i: get_scorer(s.scorer, **s.config) for i, s in enumerate(pipe.steps)
+               if isinstance(s, Score)}
+    if kind is None:
+        return
+    parts = sorted(run.dir("data").glob("*.parquet"))
+    _check_plan(pipe, scorers, kind, _data_columns(parts, kind) if parts else None)
+
+
 def _coerce(text: str, default: Any) -> Any:
+    """An --option value as the type of the option's default: a list option takes one
+    value, a comma-separated list or JSON; an option without a default JSON or text."""
     from curate.pipeline import Param
 
+    if isinstance(default, list) and not text.lstrip().startswith("["):
+        return [t.strip() for t in text.split(",") if t.strip()]
     return Param(default).parse("option", text)
 
 
@@ -335,7 +430,11 @@ def _coerce(text: str, default: Any) -> Any:
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
               help="Write the result to this file instead of stdout (required for parquet).")
 @click.option("--max-rows", type=int, default=50, show_default=True, help="Rows shown as a table.")
-def sql(run_dir: str, sql: str, fmt: str, output: str | None, max_rows: int) -> None:
+@click.option("--allow-incomplete", is_flag=True,
+              help="Query a run that failed or was interrupted (its views hold only what it "
+                   "wrote before it stopped).")
+def sql(run_dir: str, sql: str, fmt: str, output: str | None, max_rows: int,
+        allow_incomplete: bool) -> None:
     """Query a run with DuckDB SQL (read-only).
 
     \b
@@ -345,35 +444,24 @@ def sql(run_dir: str, sql: str, fmt: str, output: str | None, max_rows: int) -> 
       selected  the selected rows (full)
       rejected  id, stage, reason, detail, cluster, representative
     """
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    from curate.sql import query
+    from curate.sql import query, write_result
 
     if output and Path(run_dir).resolve() in Path(output).resolve().parents:
         raise CurateError(f"--output {output} is inside the run {run_dir}; write results elsewhere")
-    rel = query(run_dir, sql)
+    if fmt == "parquet" and not output:
+        raise CurateError("--format parquet needs --output FILE")
+    if allow_incomplete:
+        from curate.run import incomplete_message, open_run
+
+        manifest = open_run(run_dir, require_complete=False).manifest() or {}
+        if manifest.get("status") != "complete":
+            click.echo(f"warning: {incomplete_message(run_dir, manifest)}; the views show only "
+                       "what it wrote before it stopped", err=True)
+    rel = query(run_dir, sql, require_complete=not allow_incomplete)
     if fmt == "table" and output is None:
         rel.show(max_rows=max_rows, max_width=10_000)
         return
-    table = rel.arrow()
-    table = table.read_all() if hasattr(table, "read_all") else table
-    if fmt == "parquet":
-        if not output:
-            raise CurateError("--format parquet needs --output FILE")
-        pq.write_table(table, output)
-        return
-    if fmt in ("csv", "table"):
-        sink = output or sys.stdout.buffer
-        pacsv.write_csv(table, sink)
-        if output is None:
-            sys.stdout.flush()
-        return
-    text = "\n".join(json.dumps(r, ensure_ascii=False, default=str) for r in table.to_pylist())
-    if output:
-        Path(output).write_text(text + "\n")
-    else:
-        click.echo(text)
+    write_result(rel.arrow(), fmt, output)
 
 
 @cli.command()
@@ -383,7 +471,8 @@ def sql(run_dir: str, sql: str, fmt: str, output: str | None, max_rows: int) -> 
 @click.option("--only-selected", is_flag=True, help="Use only the run's selected rows.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
               help="Parquet file to write (ingest it as a preference dataset).")
-def pairs(run_dir: str, by: str, only_selected: bool, output: str) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No messages on stderr; print only the file's path.")
+def pairs(run_dir: str, by: str, only_selected: bool, output: str, quiet: bool) -> None:
     """Build preference pairs from an SFT run's answers to the same prompt.
 
     With the perplexity scorer's logprob_conditional (the default) the pair is
@@ -393,7 +482,8 @@ def pairs(run_dir: str, by: str, only_selected: bool, output: str) -> None:
     from curate.pairs import build_pairs
 
     counts = build_pairs(run_dir, output, by=by, only_selected=only_selected)
-    click.echo(f"{counts['pairs']} pairs from {counts['prompts_with_several_answers']} prompts with "
+    if not quiet:
+        click.echo(f"{counts['pairs']} pairs from {counts['prompts_with_several_answers']} prompts with "
                f"several answers ({counts['ties']} ties skipped): {output}", err=True)
     click.echo(output)
 
@@ -404,16 +494,24 @@ def pairs(run_dir: str, by: str, only_selected: bool, output: str) -> None:
               help="HTML file to write [default: RUN/report.html].")
 @click.option("--max-points", type=click.IntRange(3), default=5000, show_default=True,
               help="Most rows drawn on the embedding map (a seeded random sample).")
-def report(run_dir: str, output: str | None, max_points: int) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No messages on stderr; print only the page's path.")
+def report(run_dir: str, output: str | None, max_points: int, quiet: bool) -> None:
     """Write an analysis page of RUN: funnel, score histograms with thresholds,
     selected vs rejected, embedding map, rejection reasons, token counts.
 
     The page is one self-contained HTML file (plotly.js inlined; no network
     needed to view it). Prints its path.
     """
+    import time
+
     from curate.report import write_report
 
-    click.echo(str(write_report(run_dir, output, max_points=max_points)))
+    t = time.monotonic()
+    path = write_report(run_dir, output, max_points=max_points)
+    if not quiet:
+        click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, "
+                   f"{time.monotonic() - t:.1f} s); open it in a browser", err=True)
+    click.echo(str(path))
 
 
 @cli.command()
@@ -429,18 +527,23 @@ def models() -> None:
 @cli.command()
 def scorers() -> None:
     """List the registered scorers, their options and columns."""
-    import dataclasses
+    import textwrap
 
-    from curate.scorer import SCORERS, scorer_names
+    from curate.scorer import REQUIRED, SCORERS, description, option_defaults, scorer_names
 
     for name in scorer_names():
         cls = SCORERS[name]
-        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
-        click.echo(f"{name}  (v{cls.version}; options: {opts or 'none'})")
-        click.echo(f"    columns: {', '.join(cls.columns)}")
-        doc = (cls.__doc__ or "").strip().splitlines()
+        click.echo(f"{name}  (v{cls.version})")
+        doc = description(cls)
         if doc:
-            click.echo(f"    {doc[0]}")
+            click.echo(textwrap.fill(doc, width=88, initial_indent="    ",
+                                     subsequent_indent="    "))
+        opts = ", ".join(f"{k} (required)" if v is REQUIRED else f"{k}={v!r}"
+                         for k, v in option_defaults(cls).items())
+        click.echo(textwrap.fill(f"options: {opts or 'none'}", width=88, initial_indent="    ",
+                                 subsequent_indent="      "))
+        click.echo(textwrap.fill(f"columns: {', '.join(cls.columns)}", width=88,
+                                 initial_indent="    ", subsequent_indent="      "))
 
 
 @cli.command()
@@ -449,24 +552,10 @@ def scorers() -> None:
 def explain(run_dir: str, row_id: str) -> None:
     """Why row ROW_ID was kept or dropped (stage, reason, kept twin, scores)."""
     from curate.explain import explain as explain_row
+    from curate.explain import render
 
-    info = explain_row(run_dir, row_id)
-    click.echo(f"{info['id']}: {info['verdict'].upper()}")
-    for key in ("stage", "reason", "detail", "cluster", "representative"):
-        if key in info:
-            click.echo(f"  {key}: {info[key]}")
-    if info.get("kept_twin"):
-        click.echo(f"  kept twin: {json.dumps(_short(info['kept_twin']), ensure_ascii=False)}")
-    for k, v in (info.get("scores") or {}).items():
-        click.echo(f"  score {k} = {v}")
-    if info.get("row"):
-        click.echo(f"  row: {json.dumps(_short(info['row']), ensure_ascii=False, default=str)}")
-
-
-def _short(row: dict[str, Any], limit: int = 300) -> dict[str, Any]:
-    text = {k: v for k, v in row.items() if not k.startswith("raw_")}
-    s = json.dumps(text, ensure_ascii=False, default=str)
-    return text if len(s) <= limit else {"preview": s[:limit] + "..."}
+    for line in render(explain_row(run_dir, row_id)):
+        click.echo(line)
 
 
 def main() -> None:
@@ -474,13 +563,19 @@ def main() -> None:
     try:
         cli(standalone_mode=False)
     except CurateError as err:
+        if _debug():
+            traceback.print_exc()
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as err:  # a missing or bad option: one line, with where to look
+        command = err.ctx.command_path if err.ctx else "curate"
+        click.echo(f"error: {command}: {err.format_message()} (see {command} --help)", err=True)
+        sys.exit(2)
     except click.ClickException as err:
-        err.show()
+        click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from curate import selection
 from curate.cache import ScorerCache
 from curate.errors import CurateError, RunError
+from curate.explain import filter_detail
 from curate.hashing import hash_json
 from curate.ingest import IngestStats, ingest
 from curate.models import cache_home
@@ -142,7 +143,8 @@ class LocalExecutor:
         run, resuming = prepare_output(self.output, run_key, overwrite=self.overwrite,
                                        input_root=root if root.is_dir() else root.parent)
         self.log.info(f"{'resuming' if resuming else 'starting'} run {run.path} "
-                      f"({self.pipe.name}, {len(files)} input file(s))")
+                      f"({self.pipe.name}, {len(files)} input file(s))"
+                      + (f", replacing {run.replaced}" if run.replaced else ""))
         manifest: dict[str, Any] = {
             "status": "running", "run_key": run_key, "started": _now(),
             "curate_version": pkg_version("curate"),
@@ -197,7 +199,9 @@ class LocalExecutor:
                 continue
             if isinstance(step, Filter):
                 keep = alive.select(step.expr().fill_null(False)).to_series()
-                decision, stage, reason = None, "filter", step.label
+                # reason: the filter's label, the same for every row; detail: the row's values
+                decision = selection.Decision(keep, detail=filter_detail(alive, step.expr()))
+                stage, reason = "filter", step.label
             elif isinstance(step, Select):
                 decision = selection.select(alive.drop("_alive", "_part", "_order"), step.strategy,
                                             step.budget, step.options)

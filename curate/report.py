@@ -799,8 +799,9 @@ def _reasons(data: RunData) -> str:
     rej = data.rejected
     if not rej.height:
         return '<p class="note">No row was rejected.</p>'
-    # reasons that carry the row's own value ("threshold: x = 0.12 < min 0.5") are grouped
-    # by their pattern; each example then shows its exact reason
+    # reasons are stable (the row's own value is in detail); runs written by older
+    # versions carry the value in the reason ("threshold: x = 0.12 < min 0.5"): those
+    # are grouped by their pattern and each example shows its exact reason
     rej = rej.with_columns(exact=pl.col("reason"),
                            reason=pl.col("reason").str.replace_all(r"(\s)= -?[0-9][0-9.eE+-]*", "${1}= …"))
     k = EXAMPLES_PER_REASON

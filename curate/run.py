@@ -96,6 +96,7 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.replaced: str | None = None  # what prepare_output deleted to make room
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -152,9 +153,19 @@ def open_run(path: str | Path, *, require_complete: bool = True) -> Run:
     if manifest is None:
         raise RunError(f"{run.path} is not a curate run (no manifest.json)")
     if require_complete and manifest.get("status") != "complete":
-        raise RunError(f"run {run.path} is not complete (status: {manifest.get('status')}); "
-                       "re-run the same command to finish it")
+        raise RunError(incomplete_message(run.path, manifest))
     return run
+
+
+def incomplete_message(path: str | Path, manifest: dict[str, Any]) -> str:
+    """Why a run cannot be read as finished, and how to finish it."""
+    status = manifest.get("status")
+    if status == "failed":
+        error = str(manifest.get("error") or "no error recorded").strip().splitlines()
+        return (f"run {path} failed ({error[0] if error else 'no error recorded'}) and is "
+                "incomplete; fix the cause and run the same command again to finish it")
+    return (f"run {path} is not complete (status: {status}: still running, or killed); "
+            "run the same command again to finish it")
 
 
 def prepare_output(path: str | Path, run_key: str, *, overwrite: bool,
@@ -162,8 +173,10 @@ def prepare_output(path: str | Path, run_key: str, *, overwrite: bool,
     """Make ``path`` ready for the run ``run_key``; return (run, resuming).
 
     An existing directory holding the same run is resumed; one holding a
-    different run is refused unless ``overwrite``. A directory that is not a
-    curate run, or that holds the input, is never deleted.
+    different run is refused unless ``overwrite``, except a run that failed
+    (its manifest says ``failed``): that one is replaced, so the command that
+    fixes a typo needs no ``--overwrite``. A directory that is not a curate run,
+    or that holds the input, is never deleted.
     """
     run = Run(path)
     if run.path.exists() and not run.path.is_dir():
@@ -179,13 +192,18 @@ def prepare_output(path: str | Path, run_key: str, *, overwrite: bool,
         except RunError:
             manifest = None
         same = manifest is not None and manifest.get("run_key") == run_key
-        if overwrite and (manifest is None or "run_key" not in manifest):
+        is_run = manifest is not None and "run_key" in manifest
+        if overwrite and not is_run:
             raise RunError(f"output directory {run.path} is not empty and is not a curate run; "
                            "refusing to delete it even with --overwrite")
-        if overwrite:
+        failed = is_run and manifest.get("status") == "failed"
+        if overwrite or (failed and not same):
             shutil.rmtree(run.path)
+            run.replaced = "a failed run" if failed and not overwrite else "a run (--overwrite)"
         elif not same:
-            what = (f"a different run (pipeline {manifest.get('pipeline', {}).get('name')!r}, "
+            state = {"running": "running or killed"}.get(manifest.get("status"), manifest.get("status")) \
+                if manifest else None
+            what = (f"a different run ({state}: pipeline {manifest.get('pipeline', {}).get('name')!r}, "
                     f"input {manifest.get('input', {}).get('path')!r})" if manifest
                     else "files that are not a curate run")
             raise RunError(f"output directory {run.path} already holds {what}; "

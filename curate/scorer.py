@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -117,6 +119,47 @@ def register(cls: type[Scorer]) -> type[Scorer]:
 def scorer_names() -> list[str]:
     importlib.import_module("scorers")
     return sorted(SCORERS)
+
+
+def option_defaults(cls: type[Scorer], *, mark_required: bool = True) -> dict[str, Any]:
+    """Each option of a scorer class and its default (None when it has none); with
+    ``mark_required``, ``REQUIRED`` for an option the scorer cannot run without (no
+    default, or one the scorer refuses when left as is, like an empty ``target=``)."""
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    out: dict[str, Any] = {}
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = REQUIRED if mark_required else None
+    if mark_required and REQUIRED not in out.values():
+        try:
+            cls()
+        except CurateError as err:  # "dsir needs target=FILE": that option is required
+            for f in fields:
+                if re.search(rf"\b{re.escape(f.name)}=", str(err)):
+                    out[f.name] = REQUIRED
+        except Exception:  # other problems show when the scorer is used
+            pass
+    return out
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "(required)"
+
+
+REQUIRED = _Required()
+
+
+def description(cls: type) -> str:
+    """The first paragraph of a class's docstring, as one line."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    return " ".join(doc.split("\n\n")[0].split())
 
 
 def get_scorer(name: str, **config: Any) -> Scorer:

@@ -249,7 +249,49 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     if missing:
         raise CurateError(f"selection strategy {name!r} needs option(s) "
                           f"{', '.join(f'{k}=' for k in missing)}")
+    _check_values(name, out)
     return out
+
+
+def _is_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _check_values(name: str, o: dict[str, Any]) -> None:
+    """The checks of option values that need no data, so a plan with a bad value is
+    refused before a run starts (the strategies rely on them)."""
+    if "seed" in o and (isinstance(o["seed"], bool) or not isinstance(o["seed"], int)):
+        raise CurateError(f"{name}: seed must be an integer, got {o['seed']!r}")
+    if name in ("topk", "threshold") and (o.get("by") is None) == (o.get("expr") is None):
+        raise CurateError(f"{name}: give exactly one of by=<score column> or expr=<SQL expression>")
+    if name == "threshold":
+        if o.get("min") is None and o.get("max") is None:
+            raise CurateError("threshold: give min=, max= or both")
+        for key in ("min", "max"):
+            if o.get(key) is not None and not _is_number(o[key]):
+                raise CurateError(f"threshold: {key} must be a number, got {o[key]!r}")
+    if name == "deita" and not (_is_number(o["threshold"]) and -1 <= o["threshold"] <= 1):
+        raise CurateError(f"deita: threshold must be a cosine similarity in [-1, 1], got "
+                          f"{o['threshold']!r}")
+    if name == "kmeans_quality":
+        if not (_is_number(o["temperature"]) and o["temperature"] > 0):
+            raise CurateError(f"kmeans_quality: temperature must be > 0, got {o['temperature']!r}")
+        k = o.get("k")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise CurateError(f"kmeans_quality: k must be a positive integer, got {k!r}")
+    if "block" in o and (isinstance(o["block"], bool) or not isinstance(o["block"], int)
+                         or o["block"] < 1):
+        raise CurateError(f"{name}: block must be a positive integer, got {o['block']!r}")
+    if name == "weighted":
+        w = o.get("weights")
+        if not isinstance(w, dict) or not w:
+            raise CurateError("weighted: weights must be a non-empty {column: weight} mapping")
+        for col, v in w.items():
+            if not _is_number(v):
+                raise CurateError(f"weighted: weight of {col!r} must be a finite number, got {v!r}")
+        if o.get("normalize") not in ("rank", "zscore", "minmax"):
+            raise CurateError(f"weighted: normalize must be 'rank', 'zscore' or 'minmax', "
+                              f"got {o.get('normalize')!r}")
 
 
 def requirements(name: str, budget: Any, options: dict[str, Any]) -> list[tuple[str, str]]:
@@ -507,12 +549,7 @@ def threshold(frame: pl.DataFrame, fill: Fill, *, by: str | None = None, expr: s
     """Rows whose ``by`` (or SQL ``expr``) lies in [``min``, ``max``] (inclusive; give
     one or both) are eligible, in order of ``by`` (descending unless told), ties
     seeded; under a budget the best of them are kept. Null scores are not eligible."""
-    lo, hi = min, max
-    if lo is None and hi is None:
-        raise CurateError("threshold: give min=, max= or both")
-    for name, v in (("min", lo), ("max", hi)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise CurateError(f"threshold: {name} must be a number, got {v!r}")
+    lo, hi = min, max  # checked by check_options
     values, label = _values(frame, "threshold", by, expr)
     v = pl.col("_v")
     ok = v.is_not_null()
@@ -520,17 +557,21 @@ def threshold(frame: pl.DataFrame, fill: Fill, *, by: str | None = None, expr: s
         ok = ok & (v >= lo)
     if hi is not None:
         ok = ok & (v <= hi)
-    text = v.cast(pl.String)
+    # the reason is the same for every row failing the same bound (so rejected rows
+    # group by it); the row's own value is in ``detail``
+    low = v < (lo if lo is not None else -math.inf)
+    high = v > (hi if hi is not None else math.inf)
     reason = (pl.when(v.is_null()).then(pl.lit(f"threshold: {label} is null"))
-              .when(v < (lo if lo is not None else -math.inf))
-              .then(pl.concat_str([pl.lit(f"threshold: {label} = "), text, pl.lit(f" < min {lo}")]))
-              .when(v > (hi if hi is not None else math.inf))
-              .then(pl.concat_str([pl.lit(f"threshold: {label} = "), text, pl.lit(f" > max {hi}")]))
+              .when(low).then(pl.lit(f"threshold: {label} < min {lo}"))
+              .when(high).then(pl.lit(f"threshold: {label} > max {hi}"))
               .otherwise(None))
-    df = pl.DataFrame({"_v": values}).select(ok.alias("ok"), reason.alias("reason"))
+    detail = (pl.when(low | high).then(pl.concat_str([pl.lit(f"{label} = "), v.cast(pl.String)]))
+              .otherwise(None))
+    df = pl.DataFrame({"_v": values}).select(ok.alias("ok"), reason.alias("reason"),
+                                             detail.alias("detail"))
     order = _rank_order(frame, values, descending, seed)
     eligible = df["ok"].to_numpy()
-    return Ranking(order[eligible[order]], reason=df["reason"])
+    return Ranking(order[eligible[order]], reason=df["reason"], detail=df["detail"])
 
 
 def _groups(s: pl.Series, who: str) -> tuple[np.ndarray, pl.Series]:
@@ -660,18 +701,13 @@ def deita(frame: pl.DataFrame, fill: Fill, *, by: str, threshold: float = 0.9, s
     ``representative``. Cost: O(walked rows x kept rows x dim)."""
     import faiss
 
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-            or not -1 <= threshold <= 1:
-        raise CurateError(f"deita: threshold must be a cosine similarity in [-1, 1], got "
-                          f"{threshold!r}")
-    if not isinstance(block, int) or block < 1:
-        raise CurateError(f"deita: block must be a positive integer, got {block!r}")
     x = _embeddings(frame, embedding, "deita")
     values, _ = _values(frame, "deita", by)
     order = _rank_order(frame, values, True, seed)
     n = frame.height
     ids = frame["id"].to_list()
     reason: list[str | None] = [None] * n
+    detail: list[str | None] = [None] * n
     rep: list[str | None] = [None] * n
     index = faiss.IndexFlatIP(x.shape[1])
     kept: list[int] = []  # frame rows in the index, in index order
@@ -697,14 +733,16 @@ def deita(frame: pl.DataFrame, fill: Fill, *, by: str, threshold: float = 0.9, s
                 if row[a] > s:
                     s, r = float(row[a]), int(blk[mine[a]])
             if s > threshold:
-                reason[i] = f"too similar to a kept row (cosine {s:.3f} > {threshold})"
+                reason[i] = f"too similar to a kept row (cosine > {threshold})"
+                detail[i] = f"cosine {s:.3f} to {ids[r]}"
                 rep[i] = ids[r]
             elif fill.offer(int(i)):
                 mine.append(t)
         if mine:
             index.add(xb[mine])
             kept.extend(int(blk[t]) for t in mine)
-    return Ranking(None, reason=_strings(reason), representative=_strings(rep))
+    return Ranking(None, reason=_strings(reason), representative=_strings(rep),
+                   detail=_strings(detail))
 
 
 @strategy("kmeans_quality", columns=("by",), embedding=True)
@@ -720,16 +758,11 @@ def kmeans_quality(frame: pl.DataFrame, fill: Fill, *, by: str, k: int | None = 
     last in their cluster. Every row gets ``cluster`` = ``kmeans:<c>``."""
     import faiss
 
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not temperature > 0:
-        raise CurateError(f"kmeans_quality: temperature must be > 0, got {temperature!r}")
     x = _embeddings(frame, embedding, "kmeans_quality")
     values, _ = _values(frame, "kmeans_quality", by)
     n = frame.height
     if k is None:
         k = min(max(1, round(math.sqrt(n))), 1000)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise CurateError(f"kmeans_quality: k must be a positive integer, got {k!r}")
     k = min(k, n)
     labels = np.zeros(n, dtype=np.int64)
     if k > 1:
@@ -808,8 +841,6 @@ def facility_location(frame: pl.DataFrame, fill: Fill, *, seed: int = 0,
     evaluations per selected row ranges from a few (clustered data) to a few hundred
     (near-orthogonal data); worst case O(selected x rows^2 x dim). Tens of thousands
     of rows take seconds to minutes on a CPU."""
-    if not isinstance(block, int) or block < 1:
-        raise CurateError(f"facility_location: block must be a positive integer, got {block!r}")
     x = _embeddings(frame, embedding, "facility_location")
     n = frame.height
     perm = np.argsort(_tie(frame, seed), kind="stable")  # position -> row; ties: lower position

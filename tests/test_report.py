@@ -221,15 +221,16 @@ def test_report_threshold_selection_bounds_and_per_row_reasons(tmp_path):
     page = write_report(run.path).read_text(encoding="utf-8")
     fig = _figure_json(page, "fig-hist-quality_non_alnum_ratio")
     assert [s["x0"] for s in fig["layout"]["shapes"] if s.get("type") == "line"] == [0.08]
-    # each row's reason carries its own value; the table groups them into one line
+    # one reason for every row over the bound, each row's own value in its detail
     con = connect(run.path)
     over = con.execute("select count(*) from rejected where reason like 'threshold:%'").fetchall()[0][0]
-    distinct = con.execute("select count(distinct reason) from rejected "
-                           "where reason like 'threshold:%'").fetchall()[0][0]
-    assert over > 10 and distinct > 10
+    distinct = con.execute("select count(distinct reason), count(detail), "
+                           "count(*) filter (where detail like 'quality_non_alnum_ratio = 0.%') "
+                           "from rejected where reason like 'threshold:%'").fetchall()[0]
+    assert over > 10 and distinct == (1, over, over)
     table = page.split('id="reasons-table"')[1].split("</table>")[0]
     got = re.findall(r"<tr><td>(\w+)</td><td>([^<]*)</td><td class=\"n\">([\d,]+)</td>", table)
-    assert ("select", "threshold: quality_non_alnum_ratio = … &gt; max 0.08", f"{over:,}") in got
+    assert ("select", "threshold: quality_non_alnum_ratio &gt; max 0.08", f"{over:,}") in got
     assert len(got) == 2  # and the rows the budget left out
 
 

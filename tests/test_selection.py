@@ -215,8 +215,10 @@ def test_threshold(real):
     assert words[keep].min() >= words[inside & ~keep].max()  # best of the eligible
     reasons = d.reason.to_list()
     low, high = int(np.flatnonzero(words < 50)[0]), int(np.flatnonzero(words > 100)[0])
-    assert reasons[low] == f"threshold: {WORDS} = {float(words[low])} < min 50"
-    assert reasons[high] == f"threshold: {WORDS} = {float(words[high])} > max 100"
+    assert reasons[low] == f"threshold: {WORDS} < min 50"  # one reason per bound
+    assert reasons[high] == f"threshold: {WORDS} > max 100"
+    assert d.detail[low] == f"{WORDS} = {float(words[low])}"  # the row's value
+    assert d.detail[high] == f"{WORDS} = {float(words[high])}"
     assert reasons[int(np.flatnonzero(inside & ~keep)[0])].startswith("over budget (threshold")
     assert keep_of(frame, "threshold", None, expr=f"{WORDS} * 2", max=100).sum() == (words <= 50).sum()
     with pytest.raises(CurateError, match="min=, max="):
@@ -335,7 +337,8 @@ def test_deita_equals_brute_force(real, threshold, budget):
         rep = index[d.representative[int(i)]]
         assert keep[rep] and score[rep] >= score[i]
         cos = float(x[i] @ x[rep])
-        assert cos > threshold and f"cosine {cos:.3f} > {threshold}" in d.reason[int(i)]
+        assert cos > threshold and d.reason[int(i)] == f"too similar to a kept row (cosine > {threshold})"
+        assert d.detail[int(i)] == f"cosine {cos:.3f} to {d.representative[int(i)]}"
     if b and b.unit == "rows" and b.n < N:
         assert keep.sum() == b.n
 

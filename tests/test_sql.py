@@ -250,8 +250,9 @@ def test_sql_on_a_directory_that_is_not_a_run(tmp_path):
 
 
 def test_sql_on_a_failed_run_with_missing_folders(tmp_path):
-    """A run that failed during ingest has no selected/scores folders; SQL over it
-    works (to look at what happened) and the views are empty."""
+    """A run that failed during ingest has no selected/scores folders; SQL over it is
+    refused unless asked for (--allow-incomplete, to look at what happened), and
+    then the views are empty."""
     inp = tmp_path / "in"
     inp.mkdir()
     pq.write_table(pq.read_table(ALPACA).slice(0, 20), inp / "a.parquet")
@@ -260,9 +261,10 @@ def test_sql_on_a_failed_run_with_missing_folders(tmp_path):
     proc = cli("ingest", inp, "-o", out, "-q")
     assert proc.returncode != 0
     assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    one_line_error(cli("sql", out, "select count(*) from selected"), str(out), "failed")
     assert csv_value(ok("sql", out, "select count(*) from selected join rejected using (id)",
-                        "-f", "csv")) == 0
-    con = curate.connect(out)
+                        "-f", "csv", "--allow-incomplete")) == 0
+    con = curate.connect(out, require_complete=False)
     for view in ("data", "scores", "selected", "rejected"):
         assert con.sql(f"select count(*) from {view}").fetchall()[0][0] == 0
     assert "reason" in [r[0] for r in con.sql("describe rejected").fetchall()]
