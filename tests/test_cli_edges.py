@@ -109,12 +109,19 @@ def test_csv_of_nested_columns_is_json_text(pref_run, tmp_path):
 
 @pytest.mark.parametrize("view", ["data", "scores", "selected", "rejected"])
 def test_every_format_on_every_view(sft_run, pref_run, tmp_path, view):
+    """Through the CLI on the preference run, and through the same writer in-process
+    on the SFT run (to keep the test short)."""
+    from curate.sql import query, write_result
+
     for run in (sft_run, pref_run):
         n = sql_rows(run, f"select count(*) from {view}")[0][0]
         assert n > 0
         for fmt in ("csv", "json", "parquet"):
             out = tmp_path / f"{run.name}_{view}.{fmt}"
-            ok("sql", run, f"select * from {view}", "-f", fmt, "-o", out)
+            if run == pref_run:
+                ok("sql", run, f"select * from {view}", "-f", fmt, "-o", out)
+            else:
+                write_result(query(run, f"select * from {view}").arrow(), fmt, out)
             if fmt == "csv":
                 got = len(list(csv.DictReader(out.open(encoding="utf-8", newline=""))))
             elif fmt == "json":
