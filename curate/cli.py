@@ -79,9 +79,29 @@ def cli(debug: bool) -> None:
 
 KIND = click.option("--kind", type=click.Choice(["sft", "preference", "text"]), default=None,
                     help="Dataset kind [default: from the columns].")
-ADAPTER = click.option("--adapter", default=None,
-                       help="Force an input layout (openai, sharegpt, alpaca, hh_rlhf, ranked, "
-                            "pairwise, prompt_completion, prompt_pair, text) [default: detected].")
+_ADAPTER = click.option("--adapter", default=None,
+                        help="Force an input layout (openai, sharegpt, alpaca, hh_rlhf, ranked, "
+                             "pairwise, prompt_completion, prompt_pair, text, any_text) "
+                             "[default: detected].")
+_MAP = click.option("--map", "maps", multiple=True, metavar="NAME=COLUMN",
+                    help="Read your column COLUMN as the layout's NAME, e.g. --map prompt=question "
+                         "--map response=answer (repeatable).")
+
+
+def ADAPTER(fn):  # noqa: N802 (used like the option decorators above)
+    """--adapter and --map: how input columns become canonical rows."""
+    return _ADAPTER(_MAP(fn))
+
+
+def _columns(kw: dict[str, Any]) -> dict[str, str] | None:
+    """The --map options (popped from ``kw``) as {layout name: input column}."""
+    out: dict[str, str] = {}
+    for item in kw.pop("maps", ()) or ():
+        name, sep, column = item.partition("=")
+        if not sep or not name.strip() or not column.strip():
+            raise click.BadParameter(f"expected NAME=COLUMN, got {item!r}", param_hint="--map")
+        out[name.strip()] = column.strip()
+    return out or None
 
 
 @cli.command()
@@ -99,7 +119,7 @@ def ingest(input: str, output: str, kind: str | None, adapter: str | None, **kw:
     from curate.pipeline import read
 
     opts = _exec_options(kw)
-    run = read(input, kind=kind, adapter=adapter).write(output, **opts)
+    run = read(input, kind=kind, adapter=adapter, columns=_columns(kw)).write(output, **opts)
     _done(run, opts["quiet"])
 
 
@@ -183,7 +203,7 @@ def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, outpu
     tpl = _load_pipeline(pipeline_file)
     pipe = _user_code(pipeline_file, "building the pipeline", tpl.bind, **_parse_sets(sets))
     if input_:
-        pipe = pipe.with_input(input_, kind=kind, adapter=adapter)
+        pipe = pipe.with_input(input_, kind=kind, adapter=adapter, columns=_columns(kw))
     if explain:
         click.echo(pipe.explain())
         return
@@ -215,7 +235,7 @@ def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], o
     all_names()
     opts_in = _parse_sets(options)
     used: set[str] = set()
-    pipe = read(input, kind=kind, adapter=adapter)
+    pipe = read(input, kind=kind, adapter=adapter, columns=_columns(kw))
     for name in scorer_names:
         cls = SCORERS.get(name)
         defaults = option_defaults(cls, mark_required=False) if cls else {}
@@ -292,7 +312,7 @@ def dedup(input: str, method: str, output: str, threshold: float, num_perm: int,
     else:
         options = {"eps": eps, "model": model, "fields": fields, "keep": keep}
     opts = _exec_options(kw)
-    run = read(input, kind=kind, adapter=adapter).dedup(method, **options).write(output, **opts)
+    run = read(input, kind=kind, adapter=adapter, columns=_columns(kw)).dedup(method, **options).write(output, **opts)
     _done(run, opts["quiet"])
 
 
@@ -342,7 +362,7 @@ def decontaminate(input: str, against: tuple[str, ...], ngram: int, fields: str,
     from curate.pipeline import read
 
     opts = _exec_options(kw)
-    run = (read(input, kind=kind, adapter=adapter)
+    run = (read(input, kind=kind, adapter=adapter, columns=_columns(kw))
            .decontaminate(list(against), ngram=ngram, fields=fields).write(output, **opts))
     _done(run, opts["quiet"])
 
@@ -556,6 +576,136 @@ def explain(run_dir: str, row_id: str) -> None:
 
     for line in render(explain_row(run_dir, row_id)):
         click.echo(line)
+
+
+def _train_options(fn):
+    """One flag per TrainConfig field (its default shown, so defaults live in one place)."""
+    import dataclasses
+
+    from curate.finetune import TrainConfig
+
+    helps = {"method": "sft or dpo", "lora": "LoRA adapter (--no-lora: full fine-tuning)",
+             "target_modules": "LoRA target modules (all-linear, or comma-separated names)",
+             "max_steps": "optimisation steps (overrides --epochs when > 0)",
+             "learning_rate": "default 2e-4 with LoRA, 2e-5 full",
+             "batch_size": "rows per device step", "grad_accum": "steps accumulated per update",
+             "max_length": "tokens per row (longer rows are cut)", "beta": "DPO beta",
+             "dtype": "auto (bf16 on GPU, float32 on CPU), float32 or bfloat16",
+             "save_steps": "checkpoint every N steps (what --resume continues from)",
+             "device": "cpu, cuda, cuda:1 ... [default: cuda when present]"}
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.name == "lora":
+            fn = click.option("--lora/--no-lora", "lora", default=None,
+                              help=f"{helps['lora']} [default: lora]")(fn)
+            continue
+        kind = {int: int, float: float}.get(type(f.default), str)
+        if f.name in ("learning_rate", "device"):
+            kind = float if f.name == "learning_rate" else str
+        if f.name == "method":
+            kind = click.Choice(["sft", "dpo"])
+        shown = "" if f.default is None else f" [default: {f.default}]"
+        fn = click.option(flag, f.name, type=kind, default=None,
+                          help=helps.get(f.name, f.name.replace("_", " ")) + shown)(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--model", "-m", default="smollm2-135m", show_default=True,
+              help="Base model: an embedded name or a local transformers folder.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="MODEL_DIR to write.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of hyper-parameters (flags override it).")
+@_train_options
+@click.option("--merge", is_flag=True, help="Also write base + adapter as one model (MODEL_DIR/merged).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing MODEL_DIR.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def finetune(run_dir: str, model: str, output: str, config_file: str | None, merge: bool,
+             resume: bool, overwrite: bool, quiet: bool, **hparams: Any) -> None:
+    """Fine-tune MODEL on the selected rows of RUN_DIR (TRL SFT or DPO, LoRA by default).
+
+    Ctrl-C finishes the current step, saves a checkpoint and stops; --resume continues.
+    """
+    from curate.finetune import TrainConfig, finetune as train
+
+    options: dict[str, Any] = {}
+    if config_file:
+        try:
+            options = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError) as err:
+            raise CurateError(f"--config {config_file}: not a readable JSON object ({err})") from err
+        if not isinstance(options, dict):
+            raise CurateError(f"--config {config_file}: expected a JSON object of hyper-parameters")
+    options.update({k: v for k, v in hparams.items() if v is not None})
+    if isinstance(options.get("target_modules"), str) and "," in options["target_modules"]:
+        options["target_modules"] = [m.strip() for m in options["target_modules"].split(",")]
+    out = train(run_dir, output, model=model, config=TrainConfig.from_options(options),
+                merge=merge, resume=resume, overwrite=overwrite, quiet=quiet)
+    click.echo(str(out))
+
+
+@cli.command(name="eval")
+@click.argument("model")
+@click.option("--data", "-d", required=True, type=click.Path(),
+              help="Evaluation rows with reference answers (any layout curate reads).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
+@click.option("--max-length", type=click.IntRange(8), default=None,
+              help="Tokens per row (longer rows are cut and flagged) [default: the model's context].")
+@KIND
+@ADAPTER
+@run_options
+def eval_(model: str, data: str, output: str, max_length: int | None, kind: str | None,
+          adapter: str | None, **kw: Any) -> None:
+    """Loss and perplexity of DATA's reference answers under MODEL (a model name, a local
+    folder or a `curate finetune` output); reward accuracy for preference rows."""
+    from curate.evaluate import evaluate, format_summary
+
+    columns = _columns(kw)
+    opts = _exec_options(kw)
+    summary = evaluate(model, data, output, kind=kind, adapter=adapter, columns=columns,
+                       max_length=max_length, **opts)
+    if not opts["quiet"]:
+        click.echo(f"eval {model}: {format_summary(summary)}", err=True)
+    click.echo(output)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--to", "to", required=True,
+              type=click.Choice(["trl", "llamafactory", "axolotl", "jsonl", "parquet"]),
+              help="Trainer layout (trl, llamafactory, axolotl) or canonical rows (jsonl, parquet).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder to write (written under a temporary name, then renamed).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default=None,
+              help="Data file format [default: parquet for trl, jsonl for llamafactory/axolotl].")
+@click.option("--layout", type=click.Choice(["messages", "prompt_completion", "sharegpt", "alpaca"]),
+              default=None,
+              help="trl: messages or prompt_completion (SFT runs); llamafactory: sharegpt or alpaca "
+                   "[default: messages (prompt_completion for KTO labels); sharegpt].")
+@click.option("--name", default=None, help="Dataset name (LLaMA-Factory's dataset:, file names) "
+                                           "[default: the run folder's name].")
+@click.option("--overwrite", is_flag=True, help="Replace an output folder holding an earlier export.")
+@click.option("--quiet", "-q", is_flag=True, help="No messages on stderr; print only the folder.")
+def export_cmd(run_dir: str, to: str, output: str, fmt: str | None, layout: str | None,
+               name: str | None, overwrite: bool, quiet: bool) -> None:
+    """Export RUN's selected rows in the layout a trainer reads unchanged.
+
+    \b
+    trl           train.parquet: messages (or prompt/completion), prompt/chosen/rejected
+    llamafactory  NAME.jsonl + dataset_info.json (dataset_dir: OUTPUT, dataset: NAME)
+    axolotl       NAME.jsonl + axolotl.yaml (the datasets: entry, rl: dpo for pairs)
+    jsonl/parquet the canonical rows, every column
+    Rows a layout cannot hold are left out and named in OUTPUT/curate_export.json.
+    """
+    from curate.export import describe, export
+
+    result = export(run_dir, to, output, format=fmt, layout=layout, name=name, overwrite=overwrite)
+    if not quiet:
+        for line in describe(result):
+            click.echo(line, err=True)
+    click.echo(result["output"])
 
 
 def main() -> None:

@@ -172,7 +172,13 @@ class LocalExecutor:
         t = time.monotonic()
         stats, ingest_rejected = self._ingest(run, manifest["input"]["fingerprint"], resuming)
         manifest["timings"]["ingest_s"] = round(time.monotonic() - t, 3)
-        manifest["input"].update(kind=stats.kind, adapters=stats.adapters)
+        manifest["input"].update(kind=stats.kind, adapters=stats.adapters,
+                                 skipped=[{"file": f, "why": why} for f, why in stats.skipped])
+        for f, why in stats.skipped:
+            self.log.info(f"ingest: skipped {f}: {why}")
+        if stats.labeled_rows:
+            self.log.info(f"ingest: {stats.labeled_rows} rows carry a KTO label (column `label`: "
+                          "true desirable, false undesirable)")
         manifest["counts"] = {"input": stats.rows_read, "ingest_rejected": ingest_rejected.height}
         manifest["stages"].append({"stage": "ingest", "in": stats.rows_read, "out": stats.rows_ok,
                                    "rejected": dict(sorted(stats.bad_reasons.items()))})
@@ -242,6 +248,7 @@ class LocalExecutor:
         with self.log.bar("ingest") as bar:
             stats = IngestStats()
             for n, (table, bad, stats) in enumerate(ingest(src.path, kind=src.kind, adapter=src.adapter,
+                                                          columns=src.columns,
                                                           chunk_rows=self.chunk_rows,
                                                           on_rows=bar.update)):
                 if table is not None:
@@ -356,7 +363,7 @@ def _data_columns(parts: list[Path], kind: str) -> list[str]:
         return []
     common = set.intersection(*(set(pq.read_schema(p).names) for p in parts))
     table = pq.read_table(parts[0], columns=[c for c in pq.read_schema(parts[0]).names if c in common])
-    skip = {*FRAME_BASE, *CANONICAL[kind], "source_row"}
+    skip = {*FRAME_BASE, *CANONICAL[kind], "source_row"} - {"label"}
     out = []
     for field in table.schema:
         if field.name in skip or field.name.startswith("raw_"):

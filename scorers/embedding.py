@@ -1,5 +1,13 @@
 """Sentence embeddings of a row's text (shared by semantic dedup, diversity and
-target similarity; cached like every score)."""
+target similarity; cached like every score).
+
+Long texts are not cut at the model's window: a text's tokens (up to ``max_tokens``)
+are split into windows of ``max_seq_length`` tokens (128 for all-MiniLM-L6-v2, the
+length it was trained on), every window of every text in a batch is embedded in one
+batched pass, and a text's vector is the mean of its windows' vectors weighted by
+their token counts, L2-normalised. A text that fits one window gets exactly the
+vector ``SentenceTransformer.encode`` gives it.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +17,125 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from curate.errors import CurateError
 from curate.models import load_sentence_model, resolve
 from curate.scorer import Resources, Scorer, register
 from scorers.minhash import field_texts
+
+WINDOW = 128         # all-MiniLM-L6-v2 was trained on 128-token inputs
+MAX_TOKENS = 2048    # tokens of a text that are embedded; the rest is ignored
+_CHARS_PER_TOKEN = 100  # WordPiece maps a word over 100 characters to one [UNK]
+
+
+def check_limits(max_seq_length: int, max_tokens: int) -> None:
+    if max_seq_length < 8:
+        raise CurateError(f"max_seq_length must be >= 8 tokens, got {max_seq_length}")
+    if max_tokens < 1:
+        raise CurateError(f"max_tokens must be >= 1, got {max_tokens}")
+
+
+def _specials(tok: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one text ([CLS], [SEP])."""
+    bare = tok("a", add_special_tokens=False)["input_ids"]
+    full = tok("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i], full[i + len(bare):]
+    return [], []
+
+
+def embed_texts(st: Any, texts: list[str], max_tokens: int = MAX_TOKENS,
+                batch_size: int = 64) -> np.ndarray:
+    """L2-normalised embeddings (float32, len(texts) x dim) of whole texts: each text's
+    first ``max_tokens`` tokens in windows of ``st.max_seq_length`` tokens (special
+    tokens included), the window vectors averaged by token count."""
+    import torch
+
+    tok = st.tokenizer
+    head, tail = _specials(tok)
+    step = st.max_seq_length - len(head) - len(tail)
+    capped = [t[:max_tokens * _CHARS_PER_TOKEN] for t in texts]
+    ids = tok(capped, add_special_tokens=False, truncation=True, max_length=max_tokens,
+              return_attention_mask=False, return_token_type_ids=False)["input_ids"] if texts else []
+    windows: list[list[int]] = []
+    owner: list[int] = []
+    weight: list[int] = []
+    for i, seq in enumerate(ids):
+        for s in range(0, max(len(seq), 1), step):  # an empty text is one empty window
+            piece = seq[s:s + step]
+            windows.append(head + piece + tail)
+            owner.append(i)
+            weight.append(max(len(piece), 1))
+    vecs: np.ndarray | None = None
+    order = sorted(range(len(windows)), key=lambda k: -len(windows[k]))  # little padding
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    types = "token_type_ids" in tok.model_input_names
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            rows = order[b:b + batch_size]
+            width = len(windows[rows[0]])
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, k in enumerate(rows):
+                w = windows[k]
+                if tok.padding_side == "left":
+                    input_ids[r, width - len(w):] = torch.tensor(w)
+                    mask[r, width - len(w):] = 1
+                else:
+                    input_ids[r, :len(w)] = torch.tensor(w)
+                    mask[r, :len(w)] = 1
+            features = {"input_ids": input_ids, "attention_mask": mask}
+            if types:
+                features["token_type_ids"] = torch.zeros_like(input_ids)
+            features = {k: v.to(st.device) for k, v in features.items()}
+            out = st(features)["sentence_embedding"].float()
+            out = torch.nn.functional.normalize(out, p=2, dim=1).cpu().numpy()
+            if vecs is None:
+                vecs = np.zeros((len(windows), out.shape[1]), np.float32)
+            vecs[rows] = out
+    if vecs is None:
+        return np.zeros((0, dimension(st)), np.float32)
+    pooled = np.zeros((len(texts), vecs.shape[1]), np.float64)
+    np.add.at(pooled, np.asarray(owner, np.int64), vecs * np.asarray(weight, np.float64)[:, None])
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return (pooled / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def dimension(st: Any) -> int:
+    """Width of the model's sentence embeddings."""
+    get = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+    dim = get()
+    return int(dim) if dim else int(embed_texts(st, ["x"]).shape[1])
+
+
+def vectors_array(vecs: np.ndarray) -> pa.ListArray:
+    dim = vecs.shape[1]
+    flat = pa.array(vecs.reshape(-1), pa.float32())
+    offsets = pa.array(np.arange(0, len(vecs) * dim + 1, dim, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
 
 
 @register
 @dataclass
 class Embedding(Scorer):
-    """L2-normalised sentence-transformers embedding (embedded ``minilm`` or a local model)."""
+    """L2-normalised sentence-transformers embedding (embedded ``minilm`` or a local
+    model) of the whole text (``fields``: ``all``, ``prompt`` or ``response``): windows
+    of ``max_seq_length`` tokens, mean-pooled, up to ``max_tokens`` tokens per text."""
 
     name: ClassVar[str] = "embedding"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: whole texts in windows (was: first 128 tokens)
     columns: ClassVar[dict[str, pa.DataType]] = {"embedding": pa.list_(pa.float32())}
     resources: ClassVar[Resources] = Resources(cpus=1.0, memory_gb=1.0)
 
     model: str = "minilm"
     fields: str = "all"
-    max_seq_length: int = 128  # all-MiniLM-L6-v2 was trained on 128-token inputs
+    max_seq_length: int = WINDOW  # tokens per window, special tokens included
+    max_tokens: int = MAX_TOKENS  # tokens of a text that are embedded
 
     _st = None
+
+    def __post_init__(self) -> None:
+        check_limits(self.max_seq_length, self.max_tokens)
 
     def model_fingerprint(self) -> str:
         return resolve(self.model).fingerprint
@@ -40,16 +147,13 @@ class Embedding(Scorer):
 
     def describe(self) -> dict[str, Any]:
         return {"device": str(self._st.device) if self._st else None,
-                "dim": int(self._st.encode(["x"]).shape[-1]) if self._st else None}
+                "dim": dimension(self._st) if self._st else None,
+                "fields": self.fields, "window_tokens": self.max_seq_length,
+                "max_tokens": self.max_tokens}
 
     def embed(self, texts: list[str]) -> np.ndarray:
         self.setup()
-        return self._st.encode(texts, batch_size=64, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        return embed_texts(self._st, texts, self.max_tokens)
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
-        vecs = self.embed(field_texts(batch, self.fields))
-        dim = vecs.shape[1]
-        flat = pa.array(vecs.reshape(-1), pa.float32())
-        offsets = pa.array(np.arange(0, len(vecs) * dim + 1, dim, dtype=np.int32))
-        return {"embedding": pa.ListArray.from_arrays(offsets, flat)}
+        return {"embedding": vectors_array(self.embed(field_texts(batch, self.fields)))}

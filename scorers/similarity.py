@@ -15,14 +15,22 @@ from curate.readers import existing_path, list_files, path_fingerprint, read_chu
 from curate.schema import prompt_texts, rejected_texts, response_texts
 from curate.scorer import Scorer, register
 from scorers.contamination import _strings
+from scorers.embedding import MAX_TOKENS, WINDOW, check_limits, embed_texts
 from scorers.minhash import field_texts
 
 
 class _Embeds(Scorer):
-    """Shared: a sentence model loaded once, L2-normalised embeddings."""
+    """Shared: a sentence model loaded once, L2-normalised embeddings of whole texts
+    (windows of ``max_seq_length`` tokens, mean-pooled, up to ``max_tokens`` tokens per
+    text; see ``scorers.embedding``)."""
 
     model: str
+    max_tokens: int
+    max_seq_length: int
     _st = None
+
+    def __post_init__(self) -> None:
+        check_limits(self.max_seq_length, self.max_tokens)
 
     def model_fingerprint(self) -> str:
         return resolve(self.model).fingerprint
@@ -30,34 +38,40 @@ class _Embeds(Scorer):
     def setup(self) -> None:
         self._load_model()
 
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self._st.device) if self._st else None,
+                "window_tokens": self.max_seq_length, "max_tokens": self.max_tokens}
+
     def _load_model(self) -> None:
         if self._st is None:
             self._st = load_sentence_model(self.model)
-            self._st.max_seq_length = 128  # all-MiniLM-L6-v2 was trained on 128-token inputs
+            self._st.max_seq_length = self.max_seq_length
 
     def embed(self, texts: list[str]) -> np.ndarray:
         self._load_model()
-        return self._st.encode(texts, batch_size=64, normalize_embeddings=True,
-                               convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        return embed_texts(self._st, texts, self.max_tokens)
 
 
 @register
 @dataclass
 class Relevance(_Embeds):
-    """Cosine similarity of the answer to its prompt (low: the answer may belong to
-    another question). Text rows get null."""
+    """Cosine similarity of the answer (last assistant turn; a preference row's chosen
+    answer) to its prompt (the system, user and tool turns before it), each embedded
+    whole up to ``max_tokens`` tokens (low: the answer may belong to another question)."""
 
     name: ClassVar[str] = "relevance"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: whole texts in windows (was: first 128 tokens)
     columns: ClassVar[dict[str, pa.DataType]] = {"relevance": pa.float64()}
     kinds: ClassVar[tuple[str, ...]] = ("sft", "preference")
 
     model: str = "minilm"
+    max_tokens: int = MAX_TOKENS
+    max_seq_length: int = WINDOW
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
-        p = self.embed(prompt_texts(batch))
-        r = self.embed(response_texts(batch))
-        return {"relevance": (p * r).sum(axis=1).astype(float).tolist()}
+        n = batch.num_rows
+        v = self.embed(prompt_texts(batch) + response_texts(batch))  # one batched pass
+        return {"relevance": (v[:n] * v[n:]).sum(axis=1).astype(float).tolist()}
 
 
 def read_texts(path: str) -> list[str]:
@@ -76,21 +90,25 @@ def read_texts(path: str) -> list[str]:
 @register
 @dataclass
 class TargetSimilarity(_Embeds):
-    """Mean of the top-``k`` cosine similarities of a row to the rows of a target set
-    (FAISS inner-product index over the target embeddings)."""
+    """Mean of the top-``k`` cosine similarities of a row (``fields``) to the rows of a
+    target set (FAISS inner-product index over the target embeddings); texts embedded
+    whole up to ``max_tokens`` tokens."""
 
     name: ClassVar[str] = "target_similarity"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: whole texts in windows (was: first 128 tokens)
     columns: ClassVar[dict[str, pa.DataType]] = {"target_similarity": pa.float64()}
 
     target: str = ""
     k: int = 5
     model: str = "minilm"
     fields: str = "all"
+    max_tokens: int = MAX_TOKENS
+    max_seq_length: int = WINDOW
 
     _index = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.target:
             raise CurateError("target_similarity needs target=FILE (example rows of the target task)")
         self.target = existing_path(self.target, "target set")
@@ -122,19 +140,23 @@ class TargetSimilarity(_Embeds):
 @register
 @dataclass
 class PairSimilarity(_Embeds):
-    """Cosine similarity of the chosen and rejected answers of a preference pair
-    (near 1: the pair teaches little)."""
+    """Cosine similarity of the chosen and the rejected answer of a preference pair
+    (their assistant turns only, not the shared prompt; each embedded whole up to
+    ``max_tokens`` tokens). Near 1: the pair teaches little."""
 
     name: ClassVar[str] = "pair_similarity"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: whole answers in windows (was: first 128 tokens)
     columns: ClassVar[dict[str, pa.DataType]] = {"pair_cosine": pa.float64(), "pair_identical": pa.bool_()}
     kinds: ClassVar[tuple[str, ...]] = ("preference",)
 
     model: str = "minilm"
+    max_tokens: int = MAX_TOKENS
+    max_seq_length: int = WINDOW
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
         chosen, rejected = response_texts(batch), rejected_texts(batch)
-        c, r = self.embed(chosen), self.embed(rejected)
+        v = self.embed(chosen + rejected)  # one batched pass
+        c, r = v[:len(chosen)], v[len(chosen):]
         return {"pair_cosine": (c * r).sum(axis=1).astype(float).tolist(),
                 "pair_identical": [" ".join(a.split()) == " ".join(b.split())
                                    for a, b in zip(chosen, rejected)]}
