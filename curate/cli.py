@@ -628,7 +628,16 @@ def finetune(run_dir: str, model: str, output: str, config_file: str | None, mer
 
     Ctrl-C finishes the current step, saves a checkpoint and stops; --resume continues.
     """
-    from curate.finetune import TrainConfig, finetune as train
+    from curate.finetune import finetune as train
+
+    out = train(run_dir, output, model=model, config=_train_config(config_file, hparams),
+                merge=merge, resume=resume, overwrite=overwrite, quiet=quiet)
+    click.echo(str(out))
+
+
+def _train_config(config_file: str | None, hparams: dict[str, Any]):
+    """TrainConfig from a JSON file of hyper-parameters, overridden by the flags given."""
+    from curate.finetune import TrainConfig
 
     options: dict[str, Any] = {}
     if config_file:
@@ -641,9 +650,7 @@ def finetune(run_dir: str, model: str, output: str, config_file: str | None, mer
     options.update({k: v for k, v in hparams.items() if v is not None})
     if isinstance(options.get("target_modules"), str) and "," in options["target_modules"]:
         options["target_modules"] = [m.strip() for m in options["target_modules"].split(",")]
-    out = train(run_dir, output, model=model, config=TrainConfig.from_options(options),
-                merge=merge, resume=resume, overwrite=overwrite, quiet=quiet)
-    click.echo(str(out))
+    return TrainConfig.from_options(options)
 
 
 @cli.command(name="eval")
@@ -669,6 +676,55 @@ def eval_(model: str, data: str, output: str, max_length: int | None, kind: str 
     if not opts["quiet"]:
         click.echo(f"eval {model}: {format_summary(summary)}", err=True)
     click.echo(output)
+
+
+@cli.command()
+@click.option("--pool", required=True, type=click.Path(), help="Rows to select from (any layout curate reads).")
+@click.option("--eval", "eval_data", required=True, type=click.Path(),
+              help="Evaluation rows with reference answers, never drawn from the pool.")
+@click.option("--target", type=click.Path(), default=None,
+              help="Example rows of the target task (for target_similarity and dsir).")
+@click.option("--budget", default="100", show_default=True,
+              help="Rows every strategy selects (or a token budget such as '50000tokens').")
+@click.option("--strategies", default="random,deita", show_default=True,
+              help="Comma-separated: random, deita, ifd, target_similarity, dsir, or pipeline "
+                   "files (.py); random and the base model are always included.")
+@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True,
+              help="Seeds per strategy (selection and training).")
+@click.option("--model", "-m", default="smollm2-135m", show_default=True,
+              help="Model to fine-tune: an embedded name or a local transformers folder.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Experiment folder (EXP).")
+@click.option("--eval-max-length", type=click.IntRange(8), default=None,
+              help="Tokens per evaluation row [default: the model's context].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of hyper-parameters (flags override it).")
+@_train_options
+@KIND
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Score cache [default: $CURATE_HOME/scores].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def experiment(pool: str, eval_data: str, target: str | None, budget: str, strategies: str,
+               seeds: int, model: str, output: str, eval_max_length: int | None,
+               config_file: str | None, kind: str | None, cache_dir: str | None, quiet: bool,
+               **hparams: Any) -> None:
+    """Compare selection strategies at equal budget: select, fine-tune and evaluate each
+    (strategy, seed); report each strategy's eval loss against random with a 95% interval.
+
+    A killed experiment continues where it stopped when rerun; adding a strategy trains
+    only that one. Writes EXP/results.parquet, summary.md, summary.parquet, plot.png and
+    plot.html.
+    """
+    from curate.experiment import Experiment, run_experiment
+    from curate.selection import parse_budget
+
+    parse_budget(budget)  # a clear error for a bad budget before any work
+    exp = Experiment(pool=pool, eval=eval_data, output=output, target=target,
+                     budget=int(budget) if budget.strip().isdigit() else budget,
+                     strategies=strategies.split(","), seeds=seeds, model=model,
+                     config=_train_config(config_file, hparams), kind=kind,
+                     eval_max_length=eval_max_length, cache_dir=cache_dir, quiet=quiet)
+    result = run_experiment(exp)
+    click.echo(result["output"])
 
 
 @cli.command("export")

@@ -145,6 +145,8 @@ def summarize(value: Any, limit: int = 200) -> str:
         return str(value)
     if isinstance(value, float):
         return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return f"[{len(value)} bytes]"
     if isinstance(value, str):
         value = value.replace("\n", " ")
         return value if len(value) <= limit else f"{value[:limit]}… ({len(value):,} chars)"

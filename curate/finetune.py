@@ -28,6 +28,7 @@ import json
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,8 @@ def finetune(run_dir: str | Path, output: str | Path, *, model: str = DEFAULT_LM
     import datasets
 
     datasets.disable_progress_bars()
+    # TRL passes the old argument name on to transformers; nothing for the user to change
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
     dataset = datasets.Dataset.from_list(rows)
     peft_config = None
     if cfg.lora:

@@ -255,6 +255,7 @@ def test_explain_names_the_failed_part_of_a_filter(sft_run):
     assert re.search(r"^\s+pass\s+not quality_refusal\s+quality_refusal = False$", text, re.M), text
     # vectors and lists are summarised, not dumped
     assert "score minhash_bands = [9 ints]" in text
+    assert "score minhash_sketch = [128 bytes]" in text
     assert len(max(text.splitlines(), key=len)) < 700
     # the rejected row records the values too, with a reason the same for every row
     detail = sql_rows(sft_run, f"select detail from rejected where id = '{row_id}'")[0][0]

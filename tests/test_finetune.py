@@ -152,7 +152,11 @@ def test_dpo_loss_goes_down_and_eval_reports_reward_accuracy(tmp_path):
     assert log["loss"][0] == pytest.approx(0.6931, abs=0.02)  # log 2: policy == reference
     assert log["loss"][-1] < log["loss"][0] - 0.05, log["loss"].to_list()
     s = evaluate(str(out), data, tmp_path / "eval", quiet=True, cache_dir=False)
-    assert s["kind"] == "preference" and s["reward_accuracy"] == 1.0
+    base = evaluate("smollm2-135m", data, tmp_path / "base", quiet=True, cache_dir=False)
+    assert s["kind"] == "preference" and s["scored_rows"] == 4
+    # the chosen answers gained on the rejected ones (exact 4/4 varies with the CPU)
+    assert s["mean_margin"] > base["mean_margin"] + 0.05, (s, base)
+    assert s["reward_accuracy"] >= max(0.75, base["reward_accuracy"])
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint(sft_run, tmp_path):
