@@ -43,7 +43,8 @@ from curate.hashing import hash_json
 from curate.models import DEFAULT_LM, resolve
 from curate.pipeline import Pipeline, load_pipeline_file, read
 from curate.progress import Log
-from curate.readers import existing_path, path_fingerprint
+from curate.adapters import detect
+from curate.readers import existing_path, list_files, path_fingerprint, read_chunks
 from curate.run import open_run, write_json, write_table
 
 BASE, RANDOM = "base", "random"
@@ -154,6 +155,17 @@ class Experiment:
                    kind=self.kind)
         resolve(self.model)
         self.config.check()
+        _check_eval_layout(self.eval, self.kind)
+
+
+def _check_eval_layout(path: str, kind: str | None) -> None:
+    """Refuse, before any model work, an eval file whose first rows carry no answers."""
+    for file in list_files(path)[:1]:
+        for chunk in read_chunks(file, 1000):
+            if chunk.rows and (kind == "text" or detect(chunk.rows, str(file)).kind == "text"):
+                raise CurateError(f"{file}: evaluation needs reference answers (sft or "
+                                  "preference rows), not plain text")
+            return
 
 
 def run_experiment(exp: Experiment) -> dict[str, Any]:

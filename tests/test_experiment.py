@@ -144,7 +144,7 @@ def test_bad_experiments(data, tmp_path, capsys):
     # an eval file with no reference answers: plain text
     r = cli(*base, "--eval", DATA / "c4_demo" / "c4_demo.parquet", "-o", tmp_path / "text")
     assert r.returncode != 0 and "reference answers" in r.stderr, r.stderr
-    assert json.loads((tmp_path / "text" / "experiment.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "text").exists()  # refused before any work
 
     # eval rows that are also in the pool: a warning with the count, and it goes on
     pool = pl.read_parquet(data / "pool.parquet")
@@ -163,3 +163,5 @@ def test_bad_experiments(data, tmp_path, capsys):
                                   eval_max_length=200, on_cell=stop))
     assert "warning: 2 of 2 evaluation rows have a prompt that is also in the pool" \
         in capsys.readouterr().err
+    info = json.loads((tmp_path / "ov" / "experiment.json").read_text())
+    assert info["status"] == "failed" and info["error"].startswith("Stop")
