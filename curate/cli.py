@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ def cli(debug: bool) -> None:
     """
     if debug:
         _DEBUG["on"] = True
+    if not _debug():  # our warnings as one line each, like errors
+        warnings.formatwarning = lambda message, category, *_a, **_k: (
+            f"warning: {message}\n" if issubclass(category, UserWarning)
+            else f"{category.__name__}: {message}\n")
     from curate.progress import silence_hf
 
     silence_hf()  # curate reports its own progress; no transformers / hub bars

@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.models import DEFAULT_LM, MODEL_MARKER as MARKER, hf_dir, load_tokenizer, pick_device, resolve
+from curate.models import DEFAULT_LM, FALLBACK_CHAT_TEMPLATE, MODEL_MARKER as MARKER, hf_dir, load_tokenizer, pick_device, resolve
 from curate.progress import Log
 from curate.run import open_run, write_json, write_table
 from curate.schema import for_template, prompt_messages
@@ -197,6 +197,11 @@ def finetune(run_dir: str | Path, output: str | Path, *, model: str = DEFAULT_LM
     tok = load_tokenizer(model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+        warnings.warn(f"model {model} has no chat template; training with plain 'User: ... "
+                      "Assistant: ...' turns (the template curate's scorers use for it)",
+                      stacklevel=2)
     import datasets
 
     datasets.disable_progress_bars()

@@ -118,6 +118,12 @@ def list_models() -> list[dict[str, Any]]:
 
 
 MODEL_MARKER = "curate_model.json"  # written last by `curate finetune`
+# The plain template for tokenizers without one (the perplexity scorer renders the same)
+FALLBACK_CHAT_TEMPLATE = (
+    "{% set names = {'system': 'System', 'user': 'User', 'assistant': 'Assistant', "
+    "'tool': 'Tool'} %}{% for m in messages %}{{ names[m['role']] }}: {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}")
 
 
 def finetuned(path: Path) -> dict[str, Any] | None:

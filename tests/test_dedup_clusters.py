@@ -183,3 +183,5 @@ def test_word_shingles_on_english_do_not_warn(toolformer):
 def test_the_cli_shows_the_warning(tmp_path):
     proc = curate_cli("dedup", ZH, "-o", tmp_path / "r", "--no-cache", "-q")
     assert "no spaces" in proc.stderr and "use --shingle char" in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "no spaces" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: minhash: "), proc.stderr

@@ -203,3 +203,29 @@ def test_bad_training_input_gets_one_clear_error(sft_run, tmp_path):
     assert text.returncode == 2 and "reference answers" in text.stderr
     for m in ("m1", "m2", "m3"):
         assert not (tmp_path / m / "curate_model.json").exists()
+
+
+def test_a_model_without_chat_template_trains_with_the_plain_template(sft_run, tmp_path):
+    """A local model folder whose tokenizer has no chat template: one warning naming the
+    template used, and training works with it."""
+    run, _ = sft_run
+    src = hf_dir(resolve("smollm2-135m"))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in src.iterdir():
+        if f.name == "model.safetensors":
+            (bare / f.name).symlink_to(f)
+        elif f.name == "tokenizer_config.json":
+            cfg = json.loads(f.read_text())
+            cfg.pop("chat_template", None)
+            (bare / f.name).write_text(json.dumps(cfg))
+        elif f.name != "chat_template.jinja":
+            (bare / f.name).write_bytes(f.read_bytes())
+    assert not getattr(load_tokenizer(str(bare)), "chat_template", None)
+    r = cli("finetune", run.path, "--model", bare, "-o", tmp_path / "m", "--max-steps", "1",
+            "--grad-accum", "1", "--max-length", "160", "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("warning: model") == 1 and "no chat template" in r.stderr, r.stderr
+    assert "'User: ... Assistant: ...'" in r.stderr
+    info = json.loads((tmp_path / "m" / "curate_model.json").read_text())
+    assert info["status"] == "complete"
