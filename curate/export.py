@@ -248,6 +248,11 @@ def _lf_sharegpt_row(row: dict, kind: str, opts: dict) -> dict:
         if n == 0 or n % 2:
             raise _Skip("it does not end on an assistant turn")
         rec = {"messages": turns}
+    return _lf_extras(rec, row, opts)
+
+
+def _lf_extras(rec: dict, row: dict, opts: dict) -> dict:
+    """The columns both LLaMA-Factory layouts add: tools, the KTO tag, the row id."""
     if opts["tools"]:
         rec["tools"] = _tools(row.get("tools"), parse=False) or ""
     if opts["label"]:
@@ -292,12 +297,7 @@ def _lf_alpaca_row(row: dict, kind: str, opts: dict) -> dict:
     rec["system"] = system
     rec["history"] = [[rest[k].get("content") or "", rest[k + 1].get("content") or ""]
                       for k in range(0, len(rest), 2)]
-    if opts["tools"]:
-        rec["tools"] = _tools(row.get("tools"), parse=False) or ""
-    if opts["label"]:
-        rec["kto_tag"] = row.get("label")
-    rec["id"] = row["id"]
-    return rec
+    return _lf_extras(rec, row, opts)
 
 
 def _lf_schema(kind: str, opts: dict) -> pa.Schema:
