@@ -3,7 +3,8 @@
 One folder per scorer cache key under ``$CURATE_HOME/scores`` (or the folder
 given to the run), holding Parquet parts of ``id`` + score columns. Parts are
 written atomically as work progresses, so a killed run keeps what it finished
-and a re-run computes only rows it has not seen.
+and a re-run computes only rows it has not seen. Lookups scan the parts with a
+semi-join on the wanted ids; the cache is never loaded whole.
 """
 
 from __future__ import annotations
@@ -31,17 +32,18 @@ class ScorerCache:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_flush = time.monotonic()
-        schema = {"id": pl.String, **pl.from_arrow(scorer.output_schema(kind).empty_table()).schema}
-        self.known = pl.DataFrame(schema=schema)
-        if self.dir and self.dir.exists():
-            parts = sorted(self.dir.glob("*.parquet"))
-            if parts:
-                self.known = (pl.concat([pl.read_parquet(p) for p in parts], how="vertical_relaxed")
-                              .unique(subset="id", keep="first"))
+        self.schema = {"id": pl.String, **pl.from_arrow(scorer.output_schema(kind).empty_table()).schema}
+        # parts on disk when the run started; rows computed since are kept in ``fresh``
+        self.parts = sorted(self.dir.glob("*.parquet")) if self.dir and self.dir.exists() else []
+        self.fresh = pl.DataFrame(schema=self.schema)
 
     def lookup(self, ids: pl.Series) -> pl.DataFrame:
-        """Cached rows among ``ids`` (id + score columns)."""
-        return self.known.join(pl.DataFrame({"id": ids}), on="id", how="semi")
+        """Cached rows among ``ids`` (id + score columns), one per id."""
+        wanted = pl.DataFrame({"id": ids.cast(pl.String)}).lazy()
+        cols = list(self.schema)
+        sources = [pl.scan_parquet(p).select(cols) for p in self.parts] + [self.fresh.lazy()]
+        return (pl.concat(sources, how="vertical_relaxed").join(wanted, on="id", how="semi")
+                .unique(subset="id", keep="first", maintain_order=True).collect())
 
     def add(self, scores: pa.Table) -> None:
         """Remember freshly computed scores (``id`` + columns); flushes to disk as it goes."""
@@ -57,7 +59,7 @@ class ScorerCache:
         table = pa.concat_tables(self._pending)
         self._pending, self._pending_rows = [], 0
         self._last_flush = time.monotonic()
-        self.known = pl.concat([self.known, pl.from_arrow(table)], how="vertical_relaxed")
+        self.fresh = pl.concat([self.fresh, pl.from_arrow(table)], how="vertical_relaxed")
         if self.dir is None:
             return
         if not (self.dir / "scorer.json").exists():

@@ -11,7 +11,12 @@ from typing import Any
 
 import click
 
+from curate.decisions import DECISIONS, dedup_methods
 from curate.errors import CurateError
+
+MINHASH = DECISIONS["minhash"].options  # the DSL's defaults, shown by the CLI
+SEMANTIC = DECISIONS["semantic"].options
+DECONTAMINATE = DECISIONS["decontaminate"].options
 
 RUN_OPTIONS = [
     click.option("--overwrite", is_flag=True, help="Replace an output directory that holds a different run."),
@@ -188,11 +193,13 @@ def _pipeline_help(path: str) -> str:
 @ADAPTER
 @click.option("--explain", is_flag=True, help="Print the plan and stop.")
 @click.option("--help", "-h", "show_help", is_flag=True, help="Show this help (and the pipeline's parameters).")
+@click.option("--engine", default="local", show_default=True,
+              help="Where batches run: a registered engine (local).")
 @run_options
 @click.pass_context
 def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, output: str | None,
         sets: tuple[str, ...], kind: str | None, adapter: str | None, explain: bool,
-        show_help: bool, **kw: Any) -> None:
+        show_help: bool, engine: str, **kw: Any) -> None:
     """Run PIPELINE_FILE (a pipelines/*.py file) over --input into --output.
 
     `curate run PIPELINE_FILE --help` lists the pipeline's parameters.
@@ -216,8 +223,11 @@ def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, outpu
         raise CurateError("missing --output RUN_DIR")
     if pipe.source.path is None:
         raise CurateError("missing --input: the pipeline reads no fixed path")
+    from curate.engine import get_engine
+
+    get_engine(engine)  # an unknown engine is refused before a run directory exists
     opts = _exec_options(kw)
-    run = pipe.write(output, **opts)
+    run = pipe.write(output, engine=engine, **opts)
     _done(run, opts["quiet"])
 
 
@@ -260,27 +270,27 @@ def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], o
 
 @cli.command()
 @click.argument("input", type=click.Path())
-@click.option("--method", "-m", type=click.Choice(["exact", "minhash", "semantic"]),
+@click.option("--method", "-m", type=click.Choice(dedup_methods()),
               default="minhash", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
-@click.option("--threshold", type=float, default=0.8, show_default=True,
+@click.option("--threshold", type=float, default=MINHASH["threshold"], show_default=True,
               help="minhash: Jaccard similarity of shingles that makes a duplicate, in (0, 1].")
-@click.option("--num-perm", type=click.IntRange(1), default=128, show_default=True,
+@click.option("--num-perm", type=click.IntRange(1), default=MINHASH["num_perm"], show_default=True,
               help="minhash: permutations per signature.")
 @click.option("--bands", type=click.IntRange(1), default=None,
               help="minhash: LSH bands (with --rows) [default: chosen from the threshold].")
 @click.option("--rows", type=click.IntRange(1), default=None, help="minhash: rows per band.")
-@click.option("--ngram", type=click.IntRange(1), default=5, show_default=True,
+@click.option("--ngram", type=click.IntRange(1), default=MINHASH["ngram"], show_default=True,
               help="minhash: shingle size (words, or characters with --shingle char).")
-@click.option("--shingle", type=click.Choice(["word", "char"]), default="word", show_default=True,
+@click.option("--shingle", type=click.Choice(["word", "char"]), default=MINHASH["shingle"], show_default=True,
               help="minhash: word n-grams, or character n-grams for scripts without spaces.")
 @click.option("--no-verify", is_flag=True, help="minhash: skip the exact Jaccard check of candidates.")
-@click.option("--eps", type=float, default=0.05, show_default=True,
+@click.option("--eps", type=float, default=SEMANTIC["eps"], show_default=True,
               help="semantic: cosine similarity above 1 - eps is a duplicate.")
-@click.option("--model", default="minilm", show_default=True, help="semantic: embedding model.")
-@click.option("--fields", type=click.Choice(["all", "prompt", "response"]), default="all",
+@click.option("--model", default=SEMANTIC["model"], show_default=True, help="semantic: embedding model.")
+@click.option("--fields", type=click.Choice(["all", "prompt", "response"]), default=MINHASH["fields"],
               show_default=True, help="Which text to compare.")
-@click.option("--keep", default="first", show_default=True,
+@click.option("--keep", default=MINHASH["keep"], show_default=True,
               help="Which row of a cluster stays: first, longest, or a score column (highest).")
 @KIND
 @ADAPTER
@@ -350,10 +360,10 @@ def _check_keep(keep: str, input: str, method: str) -> None:
 @click.argument("input", type=click.Path())
 @click.option("--against", "-a", multiple=True, required=True, type=click.Path(),
               help="Evaluation set file or directory (repeatable).")
-@click.option("--ngram", type=click.IntRange(1), default=13, show_default=True,
+@click.option("--ngram", type=click.IntRange(1), default=DECONTAMINATE["ngram"], show_default=True,
               help="Length in words of a shared n-gram that counts as contamination.")
-@click.option("--fields", type=click.Choice(["all", "prompt", "response"]), default="all",
-              show_default=True)
+@click.option("--fields", type=click.Choice(["all", "prompt", "response"]),
+              default=DECONTAMINATE["fields"], show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Run directory to write.")
 @KIND
 @ADAPTER
@@ -424,7 +434,7 @@ def _check_replay(pipe, run) -> None:
     """The plan checks of a run (strategy, options, budget, every column a step reads),
     done against the columns the source run already has, so `curate select` refuses
     a bad option before it creates the output directory."""
-    from curate.executor import _check_plan, _data_columns
+    from curate.runner import check_plan, data_columns
     from curate.pipeline import Score
     from curate.scorer import get_scorer
 
@@ -434,7 +444,7 @@ def _check_replay(pipe, run) -> None:
     if kind is None:
         return
     parts = sorted(run.dir("data").glob("*.parquet"))
-    _check_plan(pipe, scorers, kind, _data_columns(parts, kind) if parts else None)
+    check_plan(pipe, scorers, kind, data_columns(parts, kind) if parts else None)
 
 
 def _coerce(text: str, default: Any) -> Any:

@@ -71,24 +71,17 @@ def check_threshold(threshold: float) -> None:
 # --- clusters --------------------------------------------------------------------------
 
 def components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Connected components of an edge list by min-label propagation with pointer
-    jumping (arrays only, no per-node Python objects). Returns a label per node."""
-    label = np.arange(n, dtype=np.int64)
-    if len(u) == 0:
-        return label
-    while True:
-        m = np.minimum(label[u], label[v])
-        new = label.copy()
-        np.minimum.at(new, u, m)
-        np.minimum.at(new, v, m)
-        while True:  # pointer jumping: follow labels to their roots
-            jumped = new[new]
-            if np.array_equal(jumped, new):
-                break
-            new = jumped
-        if np.array_equal(new, label):
-            return label
-        label = new
+    """Connected components of an edge list (scipy's csgraph): a label per node, the
+    smallest node of its component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    u, v = np.asarray(u, dtype=np.int64), np.asarray(v, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(u), dtype=np.int8), (u, v)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    smallest = np.full(comp.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(smallest, comp, np.arange(n))
+    return smallest[comp]
 
 
 def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,

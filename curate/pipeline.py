@@ -19,74 +19,12 @@ from typing import Any
 
 import polars as pl
 
+from curate.decisions import DECISIONS, complete, dedup_methods, get_decision
 from curate.errors import CurateError
+from curate.steps import Dedup, Filter, Read, Score, Select, Step, step_spec
 
-
-@dataclass(frozen=True)
-class Read:
-    path: str | None = None
-    kind: str | None = None
-    adapter: str | None = None
-    columns: dict[str, str] | None = None  # adapter name -> input column
-
-
-@dataclass(frozen=True)
-class Score:
-    scorer: str
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Filter:
-    predicate: str | pl.Expr
-    name: str | None = None
-
-    def expr(self) -> pl.Expr:
-        if isinstance(self.predicate, pl.Expr):
-            return self.predicate
-        try:
-            return pl.sql_expr(self.predicate)
-        except Exception as err:  # polars raises several error types for bad SQL
-            raise CurateError(f"filter {self.predicate!r} is not a valid SQL predicate ({err})") from err
-
-    @property
-    def label(self) -> str:
-        return self.name or (self.predicate if isinstance(self.predicate, str) else str(self.predicate))
-
-
-@dataclass(frozen=True)
-class Select:
-    strategy: str
-    budget: int | str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Dedup:
-    """A decision over dedup columns: ``exact``, ``minhash``, ``semantic`` or
-    ``decontaminate`` (drops rows that matched an evaluation set)."""
-
-    method: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-Step = Score | Filter | Select | Dedup
-
-DEDUP_OPTIONS: dict[str, dict[str, Any]] = {
-    "exact": {"fields": "all", "punctuation": True, "keep": "first"},
-    "minhash": {"threshold": 0.8, "num_perm": 128, "bands": None, "rows": None, "ngram": 5,
-                "shingle": "word", "fields": "all", "verify": True, "keep": "first", "seed": 1},
-    "semantic": {"eps": 0.05, "model": "minilm", "fields": "all", "n_clusters": None,
-                 "keep": "first", "seed": 0},
-}
-
-
-def _step_spec(step: Step) -> dict[str, Any]:
-    d = {"step": type(step).__name__.lower()}
-    for f in dataclasses.fields(step):
-        v = getattr(step, f.name)
-        d[f.name] = str(v) if isinstance(v, pl.Expr) else v
-    return d
+__all__ = ["Dedup", "Filter", "Param", "Pipeline", "PipelineTemplate", "Read", "Score", "Select",
+           "Step", "from_spec", "load_pipeline_file", "pipeline", "read"]
 
 
 @dataclass(frozen=True)
@@ -140,33 +78,10 @@ class Pipeline:
 
         ``fields``: ``all`` (whole conversation), ``prompt`` or ``response``.
         """
-        from curate.dedup import check_threshold, choose_bands
-
-        if method not in DEDUP_OPTIONS:
+        if method not in dedup_methods():
             raise CurateError(f"unknown dedup method {method!r}; choose one of "
-                              f"{', '.join(DEDUP_OPTIONS)}")
-        unknown = set(options) - set(DEDUP_OPTIONS[method])
-        if unknown:
-            raise CurateError(f"dedup {method!r} has no option(s) {sorted(unknown)}; "
-                              f"options: {', '.join(DEDUP_OPTIONS[method])}")
-        o = {**DEDUP_OPTIONS[method], **options}
-        if method == "exact":
-            score = Score("exact", {"fields": o["fields"], "punctuation": o["punctuation"]})
-            decision = Dedup("exact", {"keep": o["keep"]})
-        elif method == "minhash":
-            check_threshold(o["threshold"])
-            if (o["bands"] is None) != (o["rows"] is None):
-                raise CurateError("give both bands and rows, or neither")
-            if o["bands"] is None:
-                weights = (0.05, 0.95) if o["verify"] else (0.5, 0.5)  # verify removes false positives
-                o["bands"], o["rows"] = choose_bands(o["threshold"], o["num_perm"], *weights)
-            score = Score("minhash", {k: o[k] for k in ("num_perm", "bands", "rows", "ngram",
-                                                       "shingle", "fields", "seed")})
-            decision = Dedup("minhash", {k: o[k] for k in ("threshold", "verify", "keep", "ngram",
-                                                          "shingle", "fields", "bands", "rows")})
-        else:
-            score = Score("embedding", {"model": o["model"], "fields": o["fields"]})
-            decision = Dedup("semantic", {k: o[k] for k in ("eps", "n_clusters", "keep", "seed")})
+                              f"{', '.join(dedup_methods())}")
+        score, decision = get_decision(method).plan(complete(method, options))
         return self._with_score(score)._add(decision)
 
     def _with_score(self, score: Score) -> Pipeline:
@@ -181,13 +96,14 @@ class Pipeline:
                 return self
         return self._add(score)
 
-    def decontaminate(self, against: str | Path | list[str | Path], *, ngram: int = 13,
-                      fields: str = "all") -> Pipeline:
+    def decontaminate(self, against: str | Path | list[str | Path], *,
+                      ngram: int = DECISIONS["decontaminate"].options["ngram"],
+                      fields: str = DECISIONS["decontaminate"].options["fields"]) -> Pipeline:
         """Drop rows sharing a word ``ngram``-gram with any of the evaluation files."""
         paths = [against] if isinstance(against, (str, Path)) else list(against)
-        score = Score("contamination", {"against": [str(Path(p).resolve()) for p in paths],
-                                        "ngram": ngram, "fields": fields})
-        return self._with_score(score)._add(Dedup("decontaminate", {"ngram": ngram}))
+        score, decision = get_decision("decontaminate").plan(complete("decontaminate", {
+            "against": [str(Path(p).resolve()) for p in paths], "ngram": ngram, "fields": fields}))
+        return self._with_score(score)._add(decision)
 
     def with_input(self, path: str | Path, *, kind: str | None = None,
                    adapter: str | None = None, columns: dict[str, str] | None = None) -> Pipeline:
@@ -201,14 +117,14 @@ class Pipeline:
         return {"name": self.name, "params": self.params,
                 "source": {"kind": self.source.kind, "adapter": self.source.adapter,
                            **({"columns": self.source.columns} if self.source.columns else {})},
-                "steps": [_step_spec(s) for s in self.steps]}
+                "steps": [step_spec(s) for s in self.steps]}
 
     def explain(self) -> str:
         """The plan as text, one step per line."""
         mapped = "".join(f", {k}={v}" for k, v in (self.source.columns or {}).items())
         lines = [f"read {self.source.path or '<input>'} (kind={self.source.kind or 'auto'}, "
                  f"adapter={self.source.adapter or 'auto'}{mapped})"]
-        lines += [json.dumps(_step_spec(s), default=str) for s in self.steps]
+        lines += [json.dumps(step_spec(s), default=str) for s in self.steps]
         return "\n".join(lines)
 
     def finetune(self, output: str | Path, *, model: str = "smollm2-135m", merge: bool = False,
@@ -223,16 +139,17 @@ class Pipeline:
             "output": str(output), "model": model, "merge": merge, "resume": resume,
             "overwrite": overwrite, "config": hyperparameters})
 
-    def write(self, output: str | Path, **options: Any):
-        """Run the pipeline into the run directory ``output``; returns the finished ``Run``
-        (and, with ``.finetune(...)``, trains on its selection).
+    def write(self, output: str | Path, *, engine: str | Any = "local", **options: Any):
+        """Run the pipeline into the run directory ``output`` on ``engine`` (a registered
+        name such as ``"local"``, or an ``Engine``); returns the finished ``Run`` (and,
+        with ``.finetune(...)``, trains on its selection).
 
         Options: ``overwrite``, ``quiet``, ``cache_dir`` (None: $CURATE_HOME/scores;
-        False: no cache), ``chunk_rows``, ``batch_rows``.
+        False: no cache), ``chunk_rows``, ``batch_rows``, ``flush_rows``, ``workers``.
         """
-        from curate.executor import run_pipeline
+        from curate.runner import run_pipeline  # heavy (engines, selection); the runner never imports this module
 
-        run = run_pipeline(self, output, **options)
+        run = run_pipeline(self, output, engine=engine, **options)
         if self.training:
             from curate.finetune import TrainConfig, finetune
 

@@ -61,6 +61,14 @@ def write_table(table: pa.Table, path: Path) -> None:
             os.unlink(tmp)
 
 
+def write_bytes(data: bytes, path: Path) -> None:
+    """Write bytes atomically."""
+    fd, tmp = _temp_beside(path)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically."""
     fd, tmp = _temp_beside(path)

@@ -3,8 +3,9 @@
 A scorer is a pure batch-wise map: a canonical ``RecordBatch`` in, new columns
 out, same rows in the same order. It declares its output ``columns``, a
 ``version``, its config (the dataclass fields of the subclass) and its
-``resources``. ``setup()`` loads models once per worker. Because it is a pure
-map, the same scorer runs in the local executor and in Ray Data actor pools,
+``resources``. ``setup()`` loads models once per worker, called by the engine
+where the batches run. Because it is a pure map, the same scorer runs in every
+engine (``curate.engine``: local processes, Ray Data actor pools),
 and its results can be cached by (row id, name, version, config, model).
 """
 
@@ -25,11 +26,15 @@ from curate.hashing import hash_json
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a scorer needs."""
+    """What one replica of a scorer needs; engines size their workers from it.
 
-    cpus: float = 1.0
+    ``cpus=None`` (the default): the scorer uses the cores itself (torch or faiss
+    threads), so an engine runs one replica per machine, or per GPU with ``gpus``.
+    ``cpus=1``: single-threaded Python work an engine may replicate, one per core.
+    """
+
+    cpus: float | None = None
     gpus: float = 0.0
-    memory_gb: float | None = None
 
 
 class Scorer:
@@ -43,8 +48,7 @@ class Scorer:
     version: ClassVar[str] = "1"
     columns: ClassVar[dict[str, pa.DataType]]
     kinds: ClassVar[tuple[str, ...]] = ("sft", "preference", "text")
-    resources: ClassVar[Resources] = Resources()
-    parallel: ClassVar[bool] = False  # pure-Python CPU work: score batches in worker processes
+    resources: ClassVar[Resources] = Resources()  # a property where it depends on the config
 
     def config(self) -> dict[str, Any]:
         """The parameters that change the scores (part of the cache key)."""
@@ -57,8 +61,19 @@ class Scorer:
     def bind_input(self, path: str) -> None:
         """Told the pipeline's input path before the run (e.g. DSIR's raw pool)."""
 
+    def fit(self) -> Any:
+        """Whole-dataset state the scores need (DSIR's pool statistics, the n-gram index
+        of evaluation sets, the embeddings of a target set), or None. The runner has the
+        engine compute it once per run (cached by ``cache_key``) and hands it to
+        ``use_fit`` before the scorer is shipped to workers, so no worker recomputes it."""
+        return None
+
+    def use_fit(self, state: Any) -> None:
+        """Take the state ``fit`` returned (called before ``setup``)."""
+
     def setup(self) -> None:
-        """Load models or other heavy state; called once per worker before ``score``."""
+        """Load models or other heavy state; called by the engine once per worker, where
+        the batches run, before ``score``."""
 
     def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array | list]:
         """Return one array (or list) per declared column, one value per row."""

@@ -1,10 +1,17 @@
-"""Text normalisation and shingles shared by dedup and decontamination."""
+"""Text helpers shared by scorers and decision steps: the texts of a row, normalisation, shingles."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
+import pyarrow as pa
+
+from curate.errors import CurateError
+from curate.schema import full_texts, prompt_texts, response_texts
+
+#: Which text of a row a scorer reads: the whole conversation, the prompt or the response.
+FIELDS = {"all": full_texts, "prompt": prompt_texts, "response": response_texts}
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
 
 
@@ -33,3 +40,10 @@ def shingles(text: str, n: int = 5, kind: str = "word") -> list[str]:
     if len(words) <= n:
         return [norm]
     return list(map(" ".join, zip(*(words[i:] for i in range(n)))))
+
+
+def field_texts(batch: pa.RecordBatch | pa.Table, fields: str) -> list[str]:
+    """One text per row: ``all`` (whole conversation), ``prompt`` or ``response``."""
+    if fields not in FIELDS:
+        raise CurateError(f"fields must be one of {', '.join(FIELDS)}, got {fields!r}")
+    return FIELDS[fields](batch)

@@ -20,7 +20,7 @@ from curate.hashing import hash_int
 from curate.readers import existing_path, list_files, path_fingerprint, read_chunks
 from curate.scorer import Scorer, register
 from curate.text import normalize
-from scorers.minhash import field_texts
+from curate.text import field_texts
 
 
 def word_ngrams(text: str, n: int) -> list[str]:
@@ -65,9 +65,8 @@ class Contamination(Scorer):
     def model_fingerprint(self) -> str:
         return ";".join(f"{Path(p).name}:{path_fingerprint(p)}" for p in self.against)
 
-    def setup(self) -> None:
-        if self._index is not None:
-            return
+    def fit(self) -> dict[int, str]:
+        """The n-gram index of the evaluation sets: n-gram hash -> first set holding it."""
         index: dict[int, str] = {}
         for path in self.against:
             name = Path(path).name
@@ -76,7 +75,14 @@ class Contamination(Scorer):
                     for row in chunk.rows:
                         for g in word_ngrams("\n".join(_strings(row)), self.ngram):
                             index.setdefault(hash_int(g), name)
-        self._index = index
+        return index
+
+    def use_fit(self, state: dict[int, str]) -> None:
+        self._index = state
+
+    def setup(self) -> None:
+        if self._index is None:  # used without a runner: fit here
+            self.use_fit(self.fit())
 
     def describe(self) -> dict[str, Any]:
         return {"eval_ngrams": len(self._index or {})}

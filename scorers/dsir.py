@@ -24,7 +24,7 @@ from curate.hashing import hash_int
 from curate.readers import existing_path, path_fingerprint
 from curate.scorer import Scorer, register
 from curate.text import normalize
-from scorers.minhash import field_texts
+from curate.text import field_texts
 from scorers.similarity import read_texts
 
 
@@ -85,12 +85,19 @@ class DSIR(Scorer):
         parts = [self.target] + ([self.raw] if self.raw else [])
         return ";".join(path_fingerprint(p) for p in parts)
 
+    def fit(self) -> np.ndarray:
+        """The log ratio per hashed feature, from the whole target and raw sets."""
+        if self.raw is None:
+            raise CurateError("dsir: no raw pool (raw=FILE) and no pipeline input to use")
+        return log_ratio(feature_counts(read_texts(self.target), self.buckets),
+                         feature_counts(read_texts(self.raw), self.buckets))
+
+    def use_fit(self, state: np.ndarray) -> None:
+        self._ratio = state
+
     def setup(self) -> None:
-        if self._ratio is None:
-            if self.raw is None:
-                raise CurateError("dsir: no raw pool (raw=FILE) and no pipeline input to use")
-            self._ratio = log_ratio(feature_counts(read_texts(self.target), self.buckets),
-                                    feature_counts(read_texts(self.raw), self.buckets))
+        if self._ratio is None:  # used without a runner: fit here
+            self.use_fit(self.fit())
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
         self.setup()

@@ -19,8 +19,8 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.models import load_sentence_model, resolve
-from curate.scorer import Resources, Scorer, register
-from scorers.minhash import field_texts
+from curate.scorer import Scorer, register
+from curate.text import field_texts
 
 WINDOW = 128         # all-MiniLM-L6-v2 was trained on 128-token inputs
 MAX_TOKENS = 2048    # tokens of a text that are embedded; the rest is ignored
@@ -125,7 +125,6 @@ class Embedding(Scorer):
     name: ClassVar[str] = "embedding"
     version: ClassVar[str] = "2"  # 2: whole texts in windows (was: first 128 tokens)
     columns: ClassVar[dict[str, pa.DataType]] = {"embedding": pa.list_(pa.float32())}
-    resources: ClassVar[Resources] = Resources(cpus=1.0, memory_gb=1.0)
 
     model: str = "minilm"
     fields: str = "all"

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from curate.hashing import hash_text
-from curate.scorer import Scorer, register
+from curate.scorer import Resources, Scorer, register
 from curate.text import normalize
-from scorers.minhash import field_texts
+from curate.text import field_texts
 
 
 @register
@@ -21,7 +21,7 @@ class ExactHash(Scorer):
 
     name: ClassVar[str] = "exact"
     version: ClassVar[str] = "1"
-    parallel: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(cpus=1.0)  # pure Python: one replica per core
     columns: ClassVar[dict[str, pa.DataType]] = {"exact_hash": pa.string(), "exact_chars": pa.int64()}
 
     fields: str = "all"

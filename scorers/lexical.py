@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from curate.schema import response_texts
-from curate.scorer import Scorer, register
+from curate.scorer import Resources, Scorer, register
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -44,7 +44,7 @@ class Lexical(Scorer):
 
     name: ClassVar[str] = "lexical"
     version: ClassVar[str] = "1"
-    parallel: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(cpus=1.0)  # pure Python: one replica per core
     columns: ClassVar[dict[str, pa.DataType]] = {"lexical_mtld": pa.float64()}
 
     ttr_threshold: float = 0.72

@@ -23,19 +23,11 @@ import pyarrow as pa
 import xxhash
 
 from curate.errors import CurateError
-from curate.schema import full_texts, prompt_texts, response_texts
-from curate.scorer import Scorer, register
-from curate.text import shingles
+from curate.scorer import Resources, Scorer, register
+from curate.text import field_texts, shingles
 
-FIELDS = {"all": full_texts, "prompt": prompt_texts, "response": response_texts}
 _FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)  # MurmurHash3 finalizer, as datasketch
 _BAND_MULT = np.uint64(0x9E3779B97F4A7C15)
-
-
-def field_texts(batch: pa.RecordBatch, fields: str) -> list[str]:
-    if fields not in FIELDS:
-        raise CurateError(f"fields must be one of {', '.join(FIELDS)}, got {fields!r}")
-    return FIELDS[fields](batch)
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +103,7 @@ class MinHash(Scorer):
 
     name: ClassVar[str] = "minhash"
     version: ClassVar[str] = "2"
-    parallel: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(cpus=1.0)  # pure Python: one replica per core
     columns: ClassVar[dict[str, pa.DataType]] = {
         "minhash_bands": pa.list_(pa.uint64()),
         "minhash_sketch": pa.binary(),

@@ -82,7 +82,6 @@ class Perplexity(Scorer):
     name: ClassVar[str] = "perplexity"
     version: ClassVar[str] = "1"
     columns: ClassVar[dict[str, pa.DataType]] = COLUMNS["sft"]
-    resources: ClassVar[Resources] = Resources(cpus=1.0, gpus=0.0, memory_gb=2.0)
 
     model: str = "smollm2-135m"
     dtype: str | None = None  # None: float32 on CPU, bfloat16 on CUDA
@@ -95,6 +94,11 @@ class Perplexity(Scorer):
     _template = ""
     _native_tools = False  # the chat template renders tool calls and tool schemas itself
     _replicas: ClassVar[list] = []
+
+    @property
+    def resources(self) -> Resources:  # type: ignore[override]
+        """A GPU when it runs on one, else this machine's cores (torch threads)."""
+        return Resources(gpus=1.0 if pick_device(self.device).startswith("cuda") else 0.0)
 
     # --- protocol ------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.schema import response_texts
-from curate.scorer import Scorer, register
+from curate.scorer import Resources, Scorer, register
 
 #: Refusal and AI-boilerplate phrases, matched case-insensitively as substrings
 #: of the response after curly apostrophes are straightened and whitespace collapsed.
@@ -296,7 +296,7 @@ class Quality(Scorer):
 
     name: ClassVar[str] = "quality"
     version: ClassVar[str] = "2"
-    parallel: ClassVar[bool] = True
+    resources: ClassVar[Resources] = Resources(cpus=1.0)  # pure Python: one replica per core
     columns: ClassVar[dict[str, pa.DataType]] = {
         "quality_ngram_repetition": pa.float64(),
         "quality_line_repetition": pa.float64(),

@@ -16,7 +16,7 @@ from curate.schema import prompt_texts, rejected_texts, response_texts
 from curate.scorer import Scorer, register
 from scorers.contamination import _strings
 from scorers.embedding import MAX_TOKENS, WINDOW, check_limits, embed_texts
-from scorers.minhash import field_texts
+from curate.text import field_texts
 
 
 class _Embeds(Scorer):
@@ -118,16 +118,23 @@ class TargetSimilarity(_Embeds):
     def model_fingerprint(self) -> str:
         return f"{resolve(self.model).fingerprint};{path_fingerprint(self.target)}"
 
-    def setup(self) -> None:
+    def fit(self) -> np.ndarray:
+        """The embeddings of the target set (the index the rows are searched against)."""
+        vecs = self.embed(read_texts(self.target))
+        if not len(vecs):
+            raise CurateError(f"target set {self.target} has no rows")
+        return vecs
+
+    def use_fit(self, state: np.ndarray) -> None:
         import faiss
 
+        self._index = faiss.IndexFlatIP(state.shape[1])
+        self._index.add(np.ascontiguousarray(state, dtype=np.float32))
+
+    def setup(self) -> None:
         super().setup()
-        if self._index is None:
-            vecs = self.embed(read_texts(self.target))
-            if not len(vecs):
-                raise CurateError(f"target set {self.target} has no rows")
-            self._index = faiss.IndexFlatIP(vecs.shape[1])
-            self._index.add(vecs)
+        if self._index is None:  # used without a runner: fit here
+            self.use_fit(self.fit())
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
         self.setup()

@@ -24,10 +24,15 @@ GPTEACHER_ROLEPLAY = DATA / "gpteacher" / "roleplay_rest.parquet"
 SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
-def read_rows(path: Path, n: int | None = None) -> list[dict]:
-    """The first ``n`` rows (all when None) of a test data file; skips the test if absent."""
+def need(path: Path) -> None:
+    """Fail (never skip) when a test data file is missing: a test that cannot run must not pass."""
     if not path.exists():
-        pytest.skip(f"test data file {path} is not available")
+        pytest.fail(f"test data file {path} is missing (see tests/data/README.md)")
+
+
+def read_rows(path: Path, n: int | None = None) -> list[dict]:
+    """The first ``n`` rows (all when None) of a test data file; a missing file fails."""
+    need(path)
     table = pq.read_table(path)
     return (table if n is None else table.slice(0, n)).to_pylist()
 

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from _data import need
 from conftest import DATA
 from curate import connect, read
 from curate import selection as S
@@ -24,18 +25,13 @@ N = 300
 WORDS = "text_stats_response_words"
 
 
-def _need(path):
-    if not path.exists():
-        pytest.skip(f"test data file {path} is not available")
-
-
 @pytest.fixture(scope="module")
 def real() -> tuple[pl.DataFrame, np.ndarray]:
     """(frame, embeddings): id, _order, source, prompt_id, text_stats-like columns,
     a length bucket, a DSIR-like weight and the L2-normalised minilm embedding."""
     from scorers.embedding import Embedding
 
-    _need(ALPACA)
+    need(ALPACA)
     d = pl.read_parquet(ALPACA).head(N)
     full = [f"{r['instruction']}\n\n{r['input']}\n{r['output']}" if r["input"]
             else f"{r['instruction']}\n{r['output']}" for r in d.iter_rows(named=True)]
@@ -251,7 +247,7 @@ def test_combine_normalisations():
 
 @pytest.fixture(scope="module")
 def eval_frame() -> pl.DataFrame:
-    _need(EVAL_SET)
+    need(EVAL_SET)
     d = pl.read_parquet(EVAL_SET)
     return pl.DataFrame({"id": [f"eval-{i}" for i in range(d.height)], "_order": range(d.height),
                          "source": d["dataset"], "prompt_id": [None] * d.height})
@@ -479,7 +475,7 @@ def test_option_errors(real):
 # --- end to end ------------------------------------------------------------------------------
 
 def test_deita_end_to_end(tmp_path):
-    _need(SEED_TASKS)
+    need(SEED_TASKS)
     src = tmp_path / "in"
     src.mkdir()
     pl.read_parquet(SEED_TASKS).head(120).write_parquet(src / "seed_tasks.parquet")
@@ -509,7 +505,7 @@ def test_deita_end_to_end(tmp_path):
 
 
 def test_token_budget_and_plan_check_end_to_end(tmp_path):
-    _need(SEED_TASKS)
+    need(SEED_TASKS)
     src = tmp_path / "in"
     src.mkdir()
     pl.read_parquet(SEED_TASKS).head(60).write_parquet(src / "seed_tasks.parquet")

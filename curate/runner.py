@@ -1,9 +1,15 @@
-"""The local executor: runs a Pipeline into a run directory, streaming the data.
+"""The plan runner: runs a Pipeline into a run directory on an Engine.
+
+It owns everything that does not depend on where batches run: the plan checks,
+the manifest, the step loop over the rows still alive, the score cache, the
+rejected records, the outputs and the row accounting. The engine
+(``curate.engine``) ingests the input into data parts, maps scorers over them
+and reads rows back by id.
 
 Stages: ingest (input files -> ``data/`` parts), then the pipeline's steps in
-order over the rows still alive: score steps compute (or fetch from the cache)
-columns for those rows; filter and select steps are global decisions over the
-compact score frame. Finally ``selected/``, ``rejected/`` and ``scores/`` are
+order: score steps compute (or fetch from the cache) columns for the alive rows;
+filter, select and decision steps (``curate.decisions``) are global decisions over
+the compact frame. Finally ``selected/``, ``rejected/`` and ``scores/`` are
 written and the row accounting is checked before the manifest says complete.
 A run that is killed is resumed by running the same command again.
 """
@@ -11,17 +17,14 @@ A run that is killed is resumed by running the same command again.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
+import pickle
 import shutil
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from importlib.metadata import version as pkg_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -29,29 +32,35 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate import selection
+from curate.bounds import plan_bounds
 from curate.cache import ScorerCache
+from curate.decisions import get_decision
+from curate.engine import Engine, Part, get_engine
 from curate.errors import CurateError, RunError
 from curate.explain import filter_detail
 from curate.hashing import hash_json
-from curate.ingest import IngestStats, ingest
+from curate.ingest import IngestStats
 from curate.models import cache_home
-from curate import dedup
-from curate.pipeline import Dedup, Filter, Pipeline, Score, Select
 from curate.progress import Log
 from curate.readers import fingerprint, list_files
-from curate.run import REJECTED_SCHEMA, Run, prepare_output, write_json, write_table
+from curate.run import REJECTED_SCHEMA, Run, prepare_output, write_bytes, write_json, write_table
 from curate.schema import CANONICAL
 from curate.scorer import Scorer, get_scorer
+from curate.steps import Dedup, Filter, Score, Select
+
+if TYPE_CHECKING:
+    from curate.pipeline import Pipeline
 
 FRAME_BASE = ("id", "source", "prompt_id")
+FRAME_PRIVATE = ("_part", "_alive", "_order")
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
-                data_columns: list[str] | None) -> None:
+def check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
+               data_columns: list[str] | None) -> None:
     """Column contracts, checked before any scorer runs. With ``data_columns`` None
     (before ingest, when the input's own columns are not known yet) only the
     checks that do not depend on them run."""
@@ -75,11 +84,9 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
                 raise CurateError(f"step {i + 1} (filter {step.label!r}) uses unknown column(s) "
                                   f"{sorted(missing)}; available: {', '.join(sorted(available))}")
         elif isinstance(step, Dedup):
-            keep = step.options.get("keep", "first")
-            if keep not in ("first", "longest") and keep not in available and columns_known:
-                raise CurateError(f"step {i + 1} (dedup {step.method}) keeps by unknown column "
-                                  f"{keep!r}; use 'first', 'longest' or one of: "
-                                  f"{', '.join(sorted(available))}")
+            problem = get_decision(step.method).check(step.options, available)
+            if problem and columns_known:
+                raise CurateError(f"step {i + 1} (dedup {step.method}) {problem}")
         elif isinstance(step, Select):
             try:
                 needs = selection.requirements(step.strategy, step.budget, step.options)
@@ -89,6 +96,29 @@ def _check_plan(pipe: Pipeline, scorers: dict[int, Scorer], kind: str,
                 if col not in available and columns_known:
                     raise CurateError(f"step {i + 1} (select {step.strategy}) uses unknown column "
                                       f"{col!r}: {hint}; available: {', '.join(sorted(available))}")
+
+
+def data_columns(parts: list[Path], kind: str) -> list[str]:
+    """Original columns small enough for the decision frame: numbers, booleans and
+    short strings (labels such as a rating, a category or a generator name) present
+    in every part, so filters and strategies can use them next to the scores."""
+    if not parts:
+        return []
+    common = set.intersection(*(set(pq.read_schema(p).names) for p in parts))
+    table = pq.read_table(parts[0], columns=[c for c in pq.read_schema(parts[0]).names if c in common])
+    skip = {*FRAME_BASE, *CANONICAL[kind], "source_row"} - {"label"}
+    out = []
+    for field in table.schema:
+        if field.name in skip or field.name.startswith("raw_"):
+            continue
+        t = field.type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            out.append(field.name)
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            lengths = pc.utf8_length(table.column(field.name))
+            if (pc.mean(lengths).as_py() or 0) <= 40:
+                out.append(field.name)
+    return out
 
 
 def _rejected(ids: pl.Series, stage: str, decision: selection.Decision | None = None,
@@ -106,23 +136,30 @@ def _rejected(ids: pl.Series, stage: str, decision: selection.Decision | None = 
                         schema={f.name: pl.String for f in REJECTED_SCHEMA})
 
 
-class LocalExecutor:
-    """Runs one pipeline into one run directory on this machine."""
+def parts_of(rows: pl.DataFrame, folder: Path) -> list[Part]:
+    """The data parts holding ``rows`` (id, _part), each with the ids wanted from it."""
+    return [Part(folder / name, group["id"].to_arrow())
+            for (name,), group in rows.group_by("_part", maintain_order=True)]
 
-    def __init__(self, pipe: Pipeline, output: str | Path, *, overwrite: bool = False,
-                 quiet: bool = False, cache_dir: str | Path | None | bool = None,
-                 chunk_rows: int = 10_000, batch_rows: int = 256, flush_rows: int = 4096,
-                 workers: int | None = None):
+
+class PlanRunner:
+    """Runs one pipeline into one run directory on one engine."""
+
+    def __init__(self, pipe: Pipeline, output: str | Path, *, engine: str | Engine = "local",
+                 overwrite: bool = False, quiet: bool = False,
+                 cache_dir: str | Path | None | bool = None, chunk_rows: int = 10_000,
+                 batch_rows: int = 256, flush_rows: int = 4096, workers: int | None = None):
         if pipe.source.path is None:
             raise CurateError("the pipeline has no input: pass --input (CLI) or read(path)")
         self.pipe = pipe
         self.output = Path(output)
         self.overwrite = overwrite
         self.log = Log(quiet)
+        self.engine = get_engine(engine, batch_rows=batch_rows, workers=workers,
+                                 chunk_rows=chunk_rows)
         self.cache_root = (None if cache_dir is False else
                            Path(cache_dir) if cache_dir else cache_home() / "scores")
-        self.chunk_rows, self.batch_rows, self.flush_rows = chunk_rows, batch_rows, flush_rows
-        self.workers = max(1, workers or os.cpu_count() or 1)  # for scorers marked parallel
+        self.flush_rows = flush_rows
         self.scorers = {i: get_scorer(s.scorer, **s.config)
                         for i, s in enumerate(pipe.steps) if isinstance(s, Score)}
 
@@ -133,7 +170,7 @@ class LocalExecutor:
         root = Path(self.pipe.source.path)
         files = list_files(root)
         if self.pipe.source.kind:  # early check; the input's own columns come with ingest
-            _check_plan(self.pipe, self.scorers, self.pipe.source.kind, None)
+            check_plan(self.pipe, self.scorers, self.pipe.source.kind, None)
         for scorer in self.scorers.values():
             scorer.bind_input(str(root))
         models = {s.name: s.model_fingerprint() for s in self.scorers.values()}  # resolves models
@@ -147,8 +184,8 @@ class LocalExecutor:
                       + (f", replacing {run.replaced}" if run.replaced else ""))
         manifest: dict[str, Any] = {
             "status": "running", "run_key": run_key, "started": _now(),
-            "curate_version": pkg_version("curate"),
-            "pipeline": spec, "plan": self.pipe.explain(),
+            "curate_version": pkg_version("curate"), "engine": self.engine.name,
+            "pipeline": spec, "plan": self.pipe.explain(), "bounds": plan_bounds(self.pipe.steps),
             "input": {"path": str(root.resolve()), "files": [str(f.relative_to(root)) if f != root
                                                              else f.name for f in files],
                       "fingerprint": input_fp},
@@ -185,19 +222,21 @@ class LocalExecutor:
         if ingest_rejected.height:
             self.log.info(f"ingest: {ingest_rejected.height} of {stats.rows_read} rows rejected "
                           f"as bad rows ({', '.join(f'{k}: {v}' for k, v in stats.bad_reasons.items())})")
-        parts = sorted(run.dir("data").glob("*.parquet"))
-        self.data_columns = _data_columns(parts, stats.kind)
+        self.kind = stats.kind
+        self.data = run.dir("data")
+        parts = sorted(self.data.glob("*.parquet"))
+        self.data_columns = data_columns(parts, stats.kind)
         frame = (pl.concat([pl.read_parquet(p, columns=[*FRAME_BASE, *self.data_columns]).with_columns(
             _part=pl.lit(p.name)) for p in parts], how="vertical_relaxed")
             .with_row_index("_order").with_columns(_alive=pl.lit(True)))
-        _check_plan(self.pipe, self.scorers, stats.kind, self.data_columns)
+        check_plan(self.pipe, self.scorers, stats.kind, self.data_columns)
         rejected = [ingest_rejected]
         for i, step in enumerate(self.pipe.steps):
             t = time.monotonic()
             alive = frame.filter("_alive")
             if isinstance(step, Score):
                 scorer = self.scorers[i]
-                scores, info = self._score(scorer, alive, parts, stats.kind)
+                scores, info = self._score(scorer, alive)
                 frame = frame.join(scores, on="id", how="left")
                 manifest["scorers"][scorer.name] = info
                 manifest["stages"].append({"stage": f"score:{scorer.name}", "in": alive.height,
@@ -209,12 +248,12 @@ class LocalExecutor:
                 decision = selection.Decision(keep, detail=filter_detail(alive, step.expr()))
                 stage, reason = "filter", step.label
             elif isinstance(step, Select):
-                decision = selection.select(alive.drop("_alive", "_part", "_order"), step.strategy,
+                decision = selection.select(alive.drop(*FRAME_PRIVATE), step.strategy,
                                             step.budget, step.options)
                 keep, stage = decision.keep, "select"
                 reason = f"not selected by {step.strategy} (budget {step.budget})"
             else:
-                decision = self._dedup(step, alive, parts, stats.kind)
+                decision = self._decide(step, alive)
                 keep, stage, reason = decision.keep, "dedup", step.method
             dropped = alive.filter(~keep)["id"]
             rejected.append(_rejected(dropped, stage, decision, reason, keep))
@@ -242,19 +281,10 @@ class LocalExecutor:
                 stats = IngestStats(**state["stats"])
                 return stats, pl.read_parquet(rej_path)
         staging = run.work / "data"
-        shutil.rmtree(staging, ignore_errors=True)
-        records: list[dict] = []
-        src = self.pipe.source
         with self.log.bar("ingest") as bar:
-            stats = IngestStats()
-            for n, (table, bad, stats) in enumerate(ingest(src.path, kind=src.kind, adapter=src.adapter,
-                                                          columns=src.columns,
-                                                          chunk_rows=self.chunk_rows,
-                                                          on_rows=bar.update)):
-                if table is not None:
-                    write_table(table, staging / f"part-{n:05d}.parquet")
-                records.extend(bad)
+            stats, records = self.engine.ingest(self.pipe.source, staging, on_rows=bar.update)
         rejected = pl.DataFrame(records or None, schema={f.name: pl.String for f in REJECTED_SCHEMA})
+        staging.mkdir(parents=True, exist_ok=True)
         run.replace_dir("data", staging)
         write_table(rejected.to_arrow(), rej_path)
         write_json({"fingerprint": input_fp, "stats": stats.__dict__}, state_path)
@@ -262,67 +292,60 @@ class LocalExecutor:
                       f"kind {stats.kind}, layout {', '.join(sorted(set(stats.adapters.values())))}")
         return stats, rejected
 
-    def _score(self, scorer: Scorer, alive: pl.DataFrame, parts: list[Path],
-               kind: str) -> tuple[pl.DataFrame, dict[str, Any]]:
+    def _score(self, scorer: Scorer, alive: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Any]]:
         t = time.monotonic()
-        cache = ScorerCache(self.cache_root, scorer, kind, flush_rows=self.flush_rows)
+        cache = ScorerCache(self.cache_root, scorer, self.kind, flush_rows=self.flush_rows)
         hits = cache.lookup(alive["id"])
         todo = alive.join(hits.select("id"), on="id", how="anti")
         info = {"cache_key": scorer.cache_key(), "rows": alive.height,
                 "from_cache": hits.height, "computed": todo.height}
         if todo.height:
-            workers = self.workers if scorer.parallel and todo.height >= 4 * self.batch_rows else 1
-            self.log.info(f"score {scorer.name}: loading"
-                          + (f" ({workers} worker processes)" if workers > 1 else ""))
-            scorer.setup()
-            info["setup"] = scorer.describe()
-            info["workers"] = workers
-            needed = ["id", *CANONICAL[kind]]
-
-            # worker processes get bigger batches: per-task overhead is ~50 ms
-            size = self.batch_rows if workers == 1 else max(self.batch_rows, 2048)
-
-            def batches():
-                for table in _rows_of(todo, parts, needed):
-                    yield from table.to_batches(max_chunksize=size)
-
+            self._fit(scorer)
+            self.log.info(f"score {scorer.name}: loading")
             with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
-                for batch, out in map_batches(scorer, batches(), workers):
-                    cache.add(out.add_column(0, "id", batch.column("id")))
-                    bar.update(batch.num_rows)
+                for scores in self.engine.map_batches(scorer, parts_of(todo, self.data),
+                                                      ["id", *CANONICAL[self.kind]]):
+                    cache.add(scores)
+                    bar.update(scores.num_rows)
             cache.flush()
+            facts = self.engine.info.get(scorer.name, {})
+            info["setup"] = facts.get("setup", {})
+            info["workers"] = facts.get("workers", 1)
+            if info["workers"] > 1:
+                self.log.info(f"score {scorer.name}: {info['workers']} worker processes")
         info["seconds"] = round(time.monotonic() - t, 3)
         self.log.info(f"score {scorer.name}: {alive.height} rows, {info['from_cache']} from cache, "
                       f"{info['computed']} computed ({info['seconds']} s)")
         return cache.lookup(alive["id"]), info
 
-    def _dedup(self, step: Dedup, alive: pl.DataFrame, parts: list[Path],
-               kind: str) -> selection.Decision:
-        o = step.options
-        frame = alive.drop("_alive")
-        if step.method == "exact":
-            return dedup.exact(frame, keep=o["keep"])
-        if step.method == "semantic":
-            return dedup.semantic(frame, eps=o["eps"], keep=o["keep"], n_clusters=o["n_clusters"],
-                                  seed=o["seed"])
-        if step.method == "decontaminate":
-            keep = frame["contamination_eval"].is_null()
-            reason = pl.Series([f"contaminated: shares a {o['ngram']}-gram with {e}" if e else None
-                                for e in frame["contamination_eval"]], dtype=pl.String)
-            return selection.Decision(keep, reason, detail=frame["contamination_ngram"])
-        self.log.info(f"dedup minhash: {dedup.tradeoff(o['threshold'], o['bands'], o['rows'])}")
+    def _fit(self, scorer: Scorer) -> None:
+        """Hand the scorer its whole-dataset state: from the cache, or fitted by the
+        engine once and cached (``$CURATE_HOME/scores/fits``) by the scorer's cache key."""
+        path = (self.cache_root / "fits" / f"{scorer.name}-{scorer.cache_key()}.pkl"
+                if self.cache_root else None)
+        if path is not None and path.exists():
+            state = pickle.loads(path.read_bytes())
+        else:
+            state = self.engine.fit(scorer)
+            if state is None:
+                return
+            if path is not None:
+                write_bytes(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), path)
+        scorer.use_fit(state)
 
-        def texts(ids: list[str]) -> dict[str, str]:
-            from scorers.minhash import field_texts
+    def _decide(self, step: Dedup, alive: pl.DataFrame) -> selection.Decision:
+        """A registered decision step over the columns it declares, with a row reader."""
+        kind = get_decision(step.method)
+        wanted = ["id", "_order", *kind.columns(step.options)]
+        frame = alive.select(c for c in dict.fromkeys(wanted) if c in alive.columns)
+        where = alive.select("id", "_part")
 
-            out: dict[str, str] = {}
-            for table in _rows_of(frame.filter(pl.col("id").is_in(ids)), parts,
-                                  ["id", *CANONICAL[kind]]):
-                out.update(zip(table["id"].to_pylist(), field_texts(table, o["fields"])))
-            return out
+        def rows(ids: list[str], columns: list[str] | None) -> Iterator[pa.Table]:
+            cols = columns or ["id", *CANONICAL[self.kind]]
+            return self.engine.read_rows(parts_of(where.filter(pl.col("id").is_in(ids)), self.data),
+                                         cols)
 
-        return dedup.minhash(frame, threshold=o["threshold"], keep=o["keep"], verify=o["verify"],
-                             texts=texts, ngram=o["ngram"], shingle=o["shingle"])
+        return kind.decide(frame, step.options, rows, self.log.info)
 
     def _write_outputs(self, run: Run, frame: pl.DataFrame, rejected: pl.DataFrame,
                        parts: list[Path]) -> None:
@@ -330,7 +353,7 @@ class LocalExecutor:
         shutil.rmtree(staging, ignore_errors=True)
         keep_ids = frame.filter("_alive")["id"].to_arrow()
         score_cols = [c for c in frame.columns
-                      if c not in (*FRAME_BASE, *self.data_columns, "_part", "_alive", "_order")]
+                      if c not in (*FRAME_BASE, *self.data_columns, *FRAME_PRIVATE)]
         for part in parts:
             table = pq.read_table(part)
             sel = table.filter(pc.is_in(table["id"], value_set=keep_ids))
@@ -355,76 +378,6 @@ class LocalExecutor:
         return {"selected": n_sel, "rejected": n_rej}
 
 
-def _data_columns(parts: list[Path], kind: str) -> list[str]:
-    """Original columns small enough for the decision frame: numbers, booleans and
-    short strings (labels such as a rating, a category or a generator name) present
-    in every part, so filters and strategies can use them next to the scores."""
-    if not parts:
-        return []
-    common = set.intersection(*(set(pq.read_schema(p).names) for p in parts))
-    table = pq.read_table(parts[0], columns=[c for c in pq.read_schema(parts[0]).names if c in common])
-    skip = {*FRAME_BASE, *CANONICAL[kind], "source_row"} - {"label"}
-    out = []
-    for field in table.schema:
-        if field.name in skip or field.name.startswith("raw_"):
-            continue
-        t = field.type
-        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
-            out.append(field.name)
-        elif pa.types.is_string(t) or pa.types.is_large_string(t):
-            lengths = pc.utf8_length(table.column(field.name))
-            if (pc.mean(lengths).as_py() or 0) <= 40:
-                out.append(field.name)
-    return out
-
-
-_WORKER_SCORER: Scorer | None = None
-
-
-def _init_worker(scorer: Scorer) -> None:
-    global _WORKER_SCORER
-    _WORKER_SCORER = scorer
-    scorer.setup()
-
-
-def _score_in_worker(batch: pa.RecordBatch) -> pa.Table:
-    assert _WORKER_SCORER is not None
-    return _WORKER_SCORER.score_batch(batch)
-
-
-def map_batches(scorer: Scorer, batches: Iterator[pa.RecordBatch],
-                workers: int) -> Iterator[tuple[pa.RecordBatch, pa.Table]]:
-    """(batch, scores) in input order; with ``workers`` > 1 the batches are scored in
-    that many forked processes, at most two batches per worker in flight."""
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for batch in batches:
-            yield batch, scorer.score_batch(batch)
-        return
-    # fork: works from scripts without a __main__ guard; parallel scorers are plain
-    # Python/numpy/pyarrow code (no torch or polars thread pools in the children)
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(scorer,)) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append((batch, pool.submit(_score_in_worker, batch)))
-            if len(pending) >= 2 * workers:
-                done, fut = pending.popleft()
-                yield done, fut.result()
-        while pending:
-            done, fut = pending.popleft()
-            yield done, fut.result()
-
-
-def _rows_of(wanted: pl.DataFrame, parts: list[Path], columns: list[str]) -> Iterator[pa.Table]:
-    """The ``columns`` of the data rows listed in ``wanted`` (id, _part), one table
-    per data part, reading only the parts that hold some of them."""
-    by_name = {p.name: p for p in parts}
-    for part, rows in wanted.group_by("_part", maintain_order=True):
-        table = pq.read_table(by_name[part[0]], columns=columns)
-        yield table.filter(pc.is_in(table["id"], value_set=rows["id"].to_arrow()))
-
-
 def run_pipeline(pipe: Pipeline, output: str | Path, **options: Any) -> Run:
-    """Run ``pipe`` into ``output`` with the local executor (see LocalExecutor for options)."""
-    return LocalExecutor(pipe, output, **options).run()
+    """Run ``pipe`` into ``output`` (see PlanRunner for the options, ``engine`` among them)."""
+    return PlanRunner(pipe, output, **options).run()

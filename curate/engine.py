@@ -1,0 +1,184 @@
+"""Engines: where batches run. The plan runner (``curate.runner``) owns everything
+else, so an engine implements only what differs between running on this machine
+and running on a cluster:
+
+- ``ingest(source, staging)``: the input as canonical Parquet data parts;
+- ``map_batches(scorer, parts, columns)``: a scorer's columns for the wanted rows
+  of the parts, as tables of ``id`` + score columns, in any order;
+- ``read_rows(parts, columns)``: the wanted rows of the parts (for decision steps
+  that look at texts, such as MinHash verification).
+
+An engine sizes its workers from each scorer's declared ``resources`` and runs
+``setup()`` where the batches run. Engines register under a short name
+(``local`` here); ``Pipeline.write(..., engine=NAME)`` and ``curate run --engine``
+pick one.
+"""
+
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.errors import CurateError
+from curate.ingest import IngestStats, ingest
+from curate.run import write_table
+from curate.scorer import Scorer
+from curate.steps import Read
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows of one data part: its file and the ids wanted from it (None: all)."""
+
+    path: Path
+    ids: pa.Array | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids) if self.ids is not None else pq.read_metadata(self.path).num_rows
+
+
+def read_part(part: Part, columns: list[str]) -> pa.Table:
+    """The ``columns`` of the wanted rows of ``part``; the id filter is pushed into the
+    Parquet scan."""
+    if part.ids is None:
+        return pq.read_table(part.path, columns=columns)
+    return pq.read_table(part.path, columns=columns, filters=pc.field("id").isin(part.ids))
+
+
+class Engine(ABC):
+    """What differs between engines (see the module docstring)."""
+
+    name: ClassVar[str]
+
+    def __init__(self, *, batch_rows: int = 256, workers: int | None = None,
+                 chunk_rows: int = 10_000):
+        self.batch_rows, self.chunk_rows = batch_rows, chunk_rows
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.info: dict[str, dict[str, Any]] = {}  # per scorer name: facts for the manifest
+
+    def ingest(self, source: Read, staging: Path,
+               on_rows: Callable[[int], None] = lambda n: None) -> tuple[IngestStats, list[dict]]:
+        """Write ``source`` as canonical data parts ``staging/part-NNNNN.parquet``; returns
+        the ingest stats and the rejected records of bad rows."""
+        shutil.rmtree(staging, ignore_errors=True)
+        records: list[dict] = []
+        stats = IngestStats()
+        for n, (table, bad, stats) in enumerate(ingest(source.path, kind=source.kind,
+                                                      adapter=source.adapter, columns=source.columns,
+                                                      chunk_rows=self.chunk_rows, on_rows=on_rows)):
+            if table is not None:
+                write_table(table, staging / f"part-{n:05d}.parquet")
+            records.extend(bad)
+        return stats, records
+
+    def fit(self, scorer: Scorer) -> Any:
+        """The scorer's whole-dataset state (``Scorer.fit``), computed on a copy so the
+        scorer shipped to workers carries only the state, no model loaded for it."""
+        return copy.deepcopy(scorer).fit()
+
+    @abstractmethod
+    def map_batches(self, scorer: Scorer, parts: list[Part], columns: list[str]) -> Iterator[pa.Table]:
+        """``id`` + the scorer's columns for every wanted row of ``parts`` (read with
+        ``columns``), batch by batch, in any order."""
+
+    def read_rows(self, parts: list[Part], columns: list[str]) -> Iterator[pa.Table]:
+        """The ``columns`` of the wanted rows, one table per part."""
+        for part in parts:
+            yield read_part(part, columns)
+
+
+ENGINES: dict[str, type[Engine]] = {}
+
+
+def register_engine(cls: type[Engine]) -> type[Engine]:
+    """Class decorator: make an engine available under ``cls.name``."""
+    ENGINES[cls.name] = cls
+    return cls
+
+
+def get_engine(engine: str | Engine, **options: Any) -> Engine:
+    """An engine instance: ``engine`` itself, or the registered engine of that name."""
+    if isinstance(engine, Engine):
+        return engine
+    if engine not in ENGINES:
+        raise CurateError(f"unknown engine {engine!r}; available engines: {', '.join(sorted(ENGINES))}")
+    return ENGINES[engine](**options)
+
+
+# --- the local engine -------------------------------------------------------------
+
+_WORKER_SCORER: Scorer | None = None
+
+
+def _init_worker(scorer: Scorer) -> None:
+    global _WORKER_SCORER
+    _WORKER_SCORER = scorer
+    scorer.setup()
+
+
+def _score_in_worker(batch: pa.RecordBatch) -> pa.Table:
+    assert _WORKER_SCORER is not None
+    return _WORKER_SCORER.score_batch(batch)
+
+
+def _with_id(batch: pa.RecordBatch, scores: pa.Table) -> pa.Table:
+    return scores.add_column(0, "id", batch.column("id"))
+
+
+@register_engine
+class LocalEngine(Engine):
+    """This machine, streaming part by part. A scorer that declares single-core work
+    (``Resources(cpus=1)``) is replicated over ``workers`` forked processes when there
+    is enough to do; any other scorer runs in this process with its own threads."""
+
+    name = "local"
+
+    def replicas(self, scorer: Scorer, rows: int) -> int:
+        r = scorer.resources
+        if r.cpus is None or r.gpus > 0 or rows < 4 * self.batch_rows:
+            return 1
+        return max(1, int(self.workers // r.cpus))
+
+    def batches(self, parts: list[Part], columns: list[str], size: int) -> Iterator[pa.RecordBatch]:
+        for table in self.read_rows(parts, columns):
+            yield from table.to_batches(max_chunksize=size)
+
+    def map_batches(self, scorer: Scorer, parts: list[Part], columns: list[str]) -> Iterator[pa.Table]:
+        workers = self.replicas(scorer, sum(p.rows for p in parts))
+        self.info[scorer.name] = {"workers": workers}
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            scorer.setup()
+            self.info[scorer.name]["setup"] = scorer.describe()
+            for batch in self.batches(parts, columns, self.batch_rows):
+                yield _with_id(batch, scorer.score_batch(batch))
+            return
+        # fork: works from scripts without a __main__ guard; replicated scorers are plain
+        # Python/numpy/pyarrow code (no torch or polars thread pools in the children).
+        # Worker processes get bigger batches: per-task overhead is ~50 ms.
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(scorer,)) as pool:
+            pending: deque = deque()
+            for batch in self.batches(parts, columns, max(self.batch_rows, 2048)):
+                pending.append((batch, pool.submit(_score_in_worker, batch)))
+                if len(pending) >= 2 * workers:
+                    done, fut = pending.popleft()
+                    yield _with_id(done, fut.result())
+            while pending:
+                done, fut = pending.popleft()
+                yield _with_id(done, fut.result())
+        self.info[scorer.name]["setup"] = scorer.describe()
