@@ -58,7 +58,7 @@ def filter_checks(predicate: Any, values: dict[str, Any]) -> list[dict[str, Any]
     ``passed`` (True, False, or None when null, which the filter counts as failed),
     ``evaluated`` (False when this reader could not evaluate it) and the row's values
     of the columns it reads."""
-    from curate.report import _polars_to_sql, _split_top, _strip_parens
+    from curate.bounds import _polars_to_sql, _split_top, _strip_parens
 
     text = str(predicate).strip()
     if text.startswith("[") or 'col("' in text:  # a polars expression, as stored in the spec

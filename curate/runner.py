@@ -304,7 +304,7 @@ class PlanRunner:
             self.log.info(f"score {scorer.name}: loading")
             with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
                 for scores in self.engine.map_batches(scorer, parts_of(todo, self.data),
-                                                      ["id", *CANONICAL[self.kind]]):
+                                                      ["id", *scorer.inputs(self.kind)]):
                     cache.add(scores)
                     bar.update(scores.num_rows)
             cache.flush()

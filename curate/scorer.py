@@ -79,6 +79,15 @@ class Scorer:
         """Return one array (or list) per declared column, one value per row."""
         raise NotImplementedError
 
+    def inputs(self, kind: str) -> list[str]:
+        """Input columns the scorer reads from rows of ``kind`` (besides ``id``); the
+        engine reads only these. Default: the canonical columns of the kind (a
+        narrower list must keep the columns that tell the kind apart, ``score_batch``
+        reads the kind from them)."""
+        from curate.schema import CANONICAL
+
+        return list(CANONICAL[kind])
+
     def columns_for(self, kind: str) -> dict[str, pa.DataType]:
         """Output columns for rows of ``kind`` (override when they differ by kind)."""
         return self.columns

@@ -85,6 +85,19 @@ def test_parse_thresholds():
         Threshold("quality_refusal", "=", False, "quality")]
 
 
+def test_filter_bounds_are_recorded_when_the_plan_is_built(tmp_path):
+    run = (read(DATA / "llamafactory" / "alpaca_en_demo.parquet").score("quality")
+           .filter((pl.col("quality_ngram_repetition") <= 0.3) & ~pl.col("quality_refusal"), name="q")
+           .write(tmp_path / "r", cache_dir=False, quiet=True))
+    m = run.manifest()
+    assert m["bounds"] == [
+        {"column": "quality_ngram_repetition", "op": "<=", "value": 0.3, "step": "q"},
+        {"column": "quality_refusal", "op": "=", "value": False, "step": "q"}]
+    m["pipeline"]["steps"] = []  # the report draws the recorded bounds, not re-read steps
+    assert pipeline_thresholds(m) == [Threshold("quality_ngram_repetition", "<=", 0.3, "q"),
+                                      Threshold("quality_refusal", "=", False, "q")]
+
+
 def test_report_page_is_self_contained_with_every_section(report_run):
     page = page_of(report_run)
     # plotly.js inlined exactly once; nothing loaded from the network
