@@ -97,3 +97,33 @@ def test_engine_instance_and_unknown_engine(tmp_path):
                       "--engine", "nope", check=False)
     assert proc.returncode != 0 and "unknown engine 'nope'" in proc.stderr
     assert not (tmp_path / "y").exists() and "local" in ENGINES
+
+
+def test_whole_dataset_fit_runs_once_and_is_cached(tmp_path, monkeypatch):
+    """The decontamination index is a fit: computed once per run by the engine, cached by
+    the scorer's cache key, and reused by a later run that scores other rows."""
+    from scorers.contamination import Contamination
+
+    calls = []
+    real = Contamination.fit
+    monkeypatch.setattr(Contamination, "fit", lambda self: calls.append(1) or real(self))
+    a = read(SFT).decontaminate(EVAL, ngram=8).write(tmp_path / "a", cache_dir=tmp_path / "c",
+                                                    quiet=True, batch_rows=16)
+    assert len(calls) == 1 and len(list((tmp_path / "c" / "fits").glob("contamination-*.pkl"))) == 1
+    b = read(PREF).decontaminate(EVAL, ngram=8).write(tmp_path / "b", cache_dir=tmp_path / "c",
+                                                     quiet=True)
+    assert len(calls) == 1  # the new rows were scored with the cached index
+    assert b.manifest()["scorers"]["contamination"]["computed"] > 0
+    assert a.manifest()["scorers"]["contamination"]["setup"]["eval_ngrams"] > 1000
+
+
+def test_resources_size_the_local_workers():
+    from curate.engine import LocalEngine
+    from curate.scorer import get_scorer
+
+    assert get_scorer("perplexity", device="cuda").resources.gpus == 1  # declares its GPU
+    assert get_scorer("perplexity", device="cpu").resources.gpus == 0
+    engine = LocalEngine(workers=4, batch_rows=10)
+    assert engine.replicas(get_scorer("minhash"), 1000) == 4  # single-core Python: one per core
+    assert engine.replicas(get_scorer("minhash"), 39) == 1  # too little work to fork for
+    assert engine.replicas(get_scorer("embedding"), 1000) == 1  # uses the cores itself
