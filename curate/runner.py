@@ -335,8 +335,8 @@ class PlanRunner:
 
     def _decide(self, step: Dedup, alive: pl.DataFrame) -> selection.Decision:
         """A registered decision step over the columns it declares, with a row reader."""
-        kind = get_decision(step.method)
-        wanted = ["id", "_order", *kind.columns(step.options)]
+        decision = get_decision(step.method)
+        wanted = ["id", "_order", *decision.columns(step.options)]
         frame = alive.select(c for c in dict.fromkeys(wanted) if c in alive.columns)
         where = alive.select("id", "_part")
 
@@ -345,7 +345,7 @@ class PlanRunner:
             return self.engine.read_rows(parts_of(where.filter(pl.col("id").is_in(ids)), self.data),
                                          cols)
 
-        return kind.decide(frame, step.options, rows, self.log.info)
+        return decision.decide(frame, step.options, rows, self.log.info)
 
     def _write_outputs(self, run: Run, frame: pl.DataFrame, rejected: pl.DataFrame,
                        parts: list[Path]) -> None:
