@@ -699,6 +699,8 @@ def eval_(model: str, data: str, output: str, max_length: int | None, kind: str 
               help="Evaluation rows with reference answers, never drawn from the pool.")
 @click.option("--target", type=click.Path(), default=None,
               help="Example rows of the target task (for target_similarity and dsir).")
+@click.option("--sae", "sae_dir", type=click.Path(), default=None,
+              help="SAE folder for the sae_target strategy (see `curate sae train`).")
 @click.option("--budget", default="100", show_default=True,
               help="Rows every strategy selects (or a token budget such as '50000tokens').")
 @click.option("--strategies", default="random,deita", show_default=True,
@@ -733,7 +735,8 @@ def experiment(pool: str, eval_data: str, target: str | None, budget: str, strat
     from curate.selection import parse_budget
 
     parse_budget(budget)  # a clear error for a bad budget before any work
-    exp = Experiment(pool=pool, eval=eval_data, output=output, target=target,
+    sae_dir = hparams.pop("sae_dir")
+    exp = Experiment(pool=pool, eval=eval_data, output=output, target=target, sae=sae_dir,
                      budget=int(budget) if budget.strip().isdigit() else budget,
                      strategies=strategies.split(","), seeds=seeds, model=model,
                      config=_train_config(config_file, hparams), kind=kind,
@@ -777,6 +780,11 @@ def export_cmd(run_dir: str, to: str, output: str, fmt: str | None, layout: str 
         for line in describe(result):
             click.echo(line, err=True)
     click.echo(result["output"])
+
+
+from curate.sae_cli import sae_group  # noqa: E402  (the `curate sae` commands)
+
+cli.add_command(sae_group)
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ from curate.run import open_run, write_json, write_table
 
 BASE, RANDOM = "base", "random"
 OUTPUTS = ("results.parquet", "summary.parquet", "summary.md", "plot.png", "plot.html")
-NEEDS_TARGET = ("target_similarity", "dsir")
+NEEDS_TARGET = ("target_similarity", "dsir", "sae_target")
+NEEDS_SAE = ("sae_target",)
 
 
 def _random(p: Pipeline, budget: Any, seed: int, target: str | None, model: str) -> Pipeline:
@@ -78,7 +79,13 @@ def _dsir(p: Pipeline, budget: Any, seed: int, target: str | None, model: str) -
             .select("importance", weight="dsir_weight", budget=budget, seed=seed))
 
 
-Recipe = Callable[[Pipeline, Any, int, "str | None", str], Pipeline]
+def _sae_target(p: Pipeline, budget: Any, seed: int, target: str | None, model: str, *,
+                sae: str) -> Pipeline:
+    return (p.score("sae", sae=sae, target=target, model=model)
+            .select("sae_target", budget=budget, seed=seed))
+
+
+Recipe = Callable[..., Pipeline]
 RECIPES: dict[str, tuple[Recipe, str]] = {
     "random": (_random, "uniform random rows (the baseline)"),
     "deita": (_deita, "longest answers first, skipping rows within cosine 0.9 of a kept one"),
@@ -86,17 +93,26 @@ RECIPES: dict[str, tuple[Recipe, str]] = {
     "target_similarity": (_target_similarity,
                           "highest mean top-5 cosine similarity to the --target rows"),
     "dsir": (_dsir, "DSIR importance resampling toward the --target rows"),
+    "sae_target": (_sae_target, "highest SAE-feature similarity (generalised Jaccard) to the "
+                                "--target rows, with the --sae SAE"),
 }
 
 
 def recipe(name: str, pool: str, *, budget: Any, seed: int, target: str | None,
-           model: str, kind: str | None = None) -> Pipeline:
+           model: str, kind: str | None = None, sae: str | None = None) -> Pipeline:
     """The selection pipeline of strategy ``name`` (a built-in name or a pipeline file
-    whose parameters include ``budget``; ``seed`` and ``model`` are set when it has them)."""
+    whose parameters include ``budget``; ``seed`` and ``model`` are set when it has them;
+    ``sae`` is the SAE folder ``sae_target`` reads)."""
     if name in RECIPES:
         if name in NEEDS_TARGET and not target:
             raise CurateError(f"strategy {name!r} needs --target (example rows of the target task)")
-        return RECIPES[name][0](read(pool, kind=kind), budget, seed, target, model)
+        extra = {}
+        if name in NEEDS_SAE:
+            if not sae:
+                raise CurateError(f"strategy {name!r} needs --sae SAE_DIR (train one with "
+                                  "`curate sae train`)")
+            extra["sae"] = sae
+        return RECIPES[name][0](read(pool, kind=kind), budget, seed, target, model, **extra)
     if name.endswith(".py"):
         template = load_pipeline_file(name)
         if "budget" not in template.params:
@@ -122,6 +138,7 @@ class Experiment:
     eval: str
     output: str
     target: str | None = None
+    sae: str | None = None  # the SAE folder of the sae_target strategy
     budget: Any = 100
     strategies: list[str] = field(default_factory=lambda: ["random", "deita"])
     seeds: int = 1
@@ -152,7 +169,7 @@ class Experiment:
         self.strategies = strategies
         for s in strategies:  # names, files and targets, before any work
             recipe(s, self.pool, budget=self.budget, seed=0, target=self.target, model=self.model,
-                   kind=self.kind)
+                   kind=self.kind, sae=self.sae)
         resolve(self.model)
         self.config.check()
         _check_eval_layout(self.eval, self.kind)
@@ -205,7 +222,7 @@ def run_experiment(exp: Experiment) -> dict[str, Any]:
         sel = out / "selections" / f"{cell_name(strategy)}-s{seed}"
         log.info(f"experiment: selecting {exp.budget} rows with {strategy} (seed {seed})")
         run = recipe(strategy, exp.pool, budget=exp.budget, seed=seed, target=exp.target,
-                     model=exp.model, kind=exp.kind).write(
+                     model=exp.model, kind=exp.kind, sae=exp.sae).write(
             sel, overwrite=True, quiet=exp.quiet, cache_dir=exp.cache_dir)
         ids = sorted(run.table("selected", columns=["id"])["id"].to_pylist())
         _check_budget(exp, strategy, run, len(ids), log)

@@ -340,6 +340,10 @@ def render(run: Run, *, max_points: int = MAX_POINTS, max_hist_rows: int = MAX_H
         body = ('<p class="note" id="no-embedding">The run has no embeddings; add the '
                 "<code>embedding</code> scorer to see a map of the data.</p>")
     sections.append(("embedding-map", "Embedding map", body))
+    from curate.sae_select import run_coverage_html  # SAE feature coverage, when scored
+
+    if sae_html := run_coverage_html(run, data.rejected["id"]):
+        sections.append(("sae-coverage", "SAE feature coverage", sae_html))
     sections.append(("rejections", "Rejection reasons", _reasons(data)))
     sections.append(("tokens", "Selected set: token counts", _tokens(data, page)))
 

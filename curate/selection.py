@@ -41,6 +41,7 @@ from curate.budget import (TOKEN_COLUMN, Budget, Decision, Fill, Ranking, balanc
 from curate.errors import CurateError
 from curate.strategies import (STRATEGIES, Strategy, _sql, combine, facility_objective,  # noqa: F401
                                gumbel, seeded_order, strategy)
+import curate.sae_select  # noqa: E402,F401  (registers sae_target and sae_coverage)
 
 __all__ = ["STRATEGIES", "TOKEN_COLUMN", "Budget", "Decision", "Fill", "Ranking", "Strategy",
            "balanced_quotas", "check_options", "combine", "facility_objective", "gumbel",

@@ -9,6 +9,7 @@ from scorers import (  # noqa: F401
     minhash,
     perplexity,
     quality,
+    sae,
     similarity,
     text_stats,
 )

@@ -141,6 +141,10 @@ def test_bad_experiments(data, tmp_path, capsys):
     with pytest.raises(CurateError, match="strategy 'dsir' needs --target"):
         run_experiment(Experiment(pool=str(data / "pool.parquet"), eval=str(data / "eval.parquet"),
                                   output=str(tmp_path / "t"), strategies=["dsir"]))
+    with pytest.raises(CurateError, match="strategy 'sae_target' needs --sae SAE_DIR"):
+        run_experiment(Experiment(pool=str(data / "pool.parquet"), eval=str(data / "eval.parquet"),
+                                  output=str(tmp_path / "t"), strategies=["sae_target"],
+                                  target=str(data / "pool.parquet")))
     # an eval file with no reference answers: plain text
     r = cli(*base, "--eval", DATA / "c4_demo" / "c4_demo.parquet", "-o", tmp_path / "text")
     assert r.returncode != 0 and "reference answers" in r.stderr, r.stderr
