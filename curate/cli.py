@@ -194,12 +194,15 @@ def _pipeline_help(path: str) -> str:
 @click.option("--explain", is_flag=True, help="Print the plan and stop.")
 @click.option("--help", "-h", "show_help", is_flag=True, help="Show this help (and the pipeline's parameters).")
 @click.option("--engine", default="local", show_default=True,
-              help="Where batches run: a registered engine (local).")
+              help="Where batches run: local (this machine) or ray (a Ray cluster).")
+@click.option("--address", default=None,
+              help="Ray cluster to connect to (ray://HOST:10001 or HOST:6379) [default: "
+                   "$RAY_ADDRESS, else a local cluster]; with --engine ray.")
 @run_options
 @click.pass_context
 def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, output: str | None,
         sets: tuple[str, ...], kind: str | None, adapter: str | None, explain: bool,
-        show_help: bool, engine: str, **kw: Any) -> None:
+        show_help: bool, engine: str, address: str | None, **kw: Any) -> None:
     """Run PIPELINE_FILE (a pipelines/*.py file) over --input into --output.
 
     `curate run PIPELINE_FILE --help` lists the pipeline's parameters.
@@ -225,9 +228,14 @@ def run(ctx: click.Context, pipeline_file: str | None, input_: str | None, outpu
         raise CurateError("missing --input: the pipeline reads no fixed path")
     from curate.engine import get_engine
 
-    get_engine(engine)  # an unknown engine is refused before a run directory exists
     opts = _exec_options(kw)
-    run = pipe.write(output, engine=engine, **opts)
+    if address and engine != "ray":
+        raise CurateError(f"--address is for --engine ray (the engine is {engine})")
+    # built before the run directory exists: an unknown engine, a missing package or an
+    # unreachable cluster is refused first
+    eng = get_engine(engine, batch_rows=opts["batch_rows"], workers=opts["workers"],
+                     **({"address": address} if address else {}))
+    run = pipe.write(output, engine=eng, **opts)
     _done(run, opts["quiet"])
 
 

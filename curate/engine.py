@@ -4,14 +4,15 @@ and running on a cluster:
 
 - ``ingest(source, staging)``: the input as canonical Parquet data parts;
 - ``map_batches(scorer, parts, columns)``: a scorer's columns for the wanted rows
-  of the parts, as tables of ``id`` + score columns, in any order;
+  of the parts, as tables of ``id`` + score columns + ``_error``, in any order
+  (``score_rows`` makes such a table from a batch);
 - ``read_rows(parts, columns)``: the wanted rows of the parts (for decision steps
   that look at texts, such as MinHash verification).
 
 An engine sizes its workers from each scorer's declared ``resources`` and runs
 ``setup()`` where the batches run. Engines register under a short name
-(``local`` here); ``Pipeline.write(..., engine=NAME)`` and ``curate run --engine``
-pick one.
+(``local`` here, ``ray`` in ``curate.ray_engine``); ``Pipeline.write(..., engine=NAME)``
+and ``curate run --engine`` pick one.
 """
 
 from __future__ import annotations
@@ -57,6 +58,37 @@ def read_part(part: Part, columns: list[str]) -> pa.Table:
     if part.ids is None:
         return pq.read_table(part.path, columns=columns)
     return pq.read_table(part.path, columns=columns, filters=pc.field("id").isin(part.ids))
+
+
+ERROR = "_error"
+
+
+def score_rows(scorer: Scorer, data: pa.RecordBatch | pa.Table) -> pa.Table:
+    """``id`` + the scorer's columns + ``_error`` for the rows of ``data``. When the
+    scorer raises on the batch, the rows are scored one by one: a row that still
+    raises gets null scores and the error as ``_error`` (the runner rejects it); the
+    others keep their scores. A CurateError (a user error, such as a bad option) stops
+    the run instead."""
+    if isinstance(data, pa.Table):
+        data = data.combine_chunks()
+        data = (data.to_batches()[0] if data.num_rows else
+                pa.RecordBatch.from_pylist([], schema=data.schema))
+    try:
+        scores = scorer.score_batch(data)
+        errors = pa.nulls(data.num_rows, pa.string())
+    except CurateError:
+        raise
+    except Exception as err:
+        if data.num_rows > 1:
+            return pa.concat_tables([score_rows(scorer, data.slice(i, 1))
+                                     for i in range(data.num_rows)])
+        from curate.schema import kind_of
+
+        schema = scorer.output_schema(kind_of(data.schema))
+        scores = pa.table({f.name: pa.nulls(data.num_rows, f.type) for f in schema}, schema=schema)
+        msg = " ".join(str(err).split())[:300]
+        errors = pa.array([f"score {scorer.name} raised {type(err).__name__}: {msg}"], pa.string())
+    return scores.add_column(0, "id", data.column("id")).append_column(ERROR, errors)
 
 
 class Engine(ABC):
@@ -110,13 +142,28 @@ def register_engine(cls: type[Engine]) -> type[Engine]:
     return cls
 
 
+# engines whose module is imported on first use (it needs an optional package)
+LAZY_ENGINES = {"ray": "curate.ray_engine"}
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The engine registered as ``name`` (importing a lazily loaded one: a missing
+    optional package is a CurateError naming what to install)."""
+    if name not in ENGINES and name in LAZY_ENGINES:
+        import importlib
+
+        importlib.import_module(LAZY_ENGINES[name])
+    if name not in ENGINES:
+        known = sorted(set(ENGINES) | set(LAZY_ENGINES))
+        raise CurateError(f"unknown engine {name!r}; available engines: {', '.join(known)}")
+    return ENGINES[name]
+
+
 def get_engine(engine: str | Engine, **options: Any) -> Engine:
     """An engine instance: ``engine`` itself, or the registered engine of that name."""
     if isinstance(engine, Engine):
         return engine
-    if engine not in ENGINES:
-        raise CurateError(f"unknown engine {engine!r}; available engines: {', '.join(sorted(ENGINES))}")
-    return ENGINES[engine](**options)
+    return engine_class(engine)(**options)
 
 
 # --- the local engine -------------------------------------------------------------
@@ -132,11 +179,7 @@ def _init_worker(scorer: Scorer) -> None:
 
 def _score_in_worker(batch: pa.RecordBatch) -> pa.Table:
     assert _WORKER_SCORER is not None
-    return _WORKER_SCORER.score_batch(batch)
-
-
-def _with_id(batch: pa.RecordBatch, scores: pa.Table) -> pa.Table:
-    return scores.add_column(0, "id", batch.column("id"))
+    return score_rows(_WORKER_SCORER, batch)
 
 
 @register_engine
@@ -164,7 +207,7 @@ class LocalEngine(Engine):
             scorer.setup()
             self.info[scorer.name]["setup"] = scorer.describe()
             for batch in self.batches(parts, columns, self.batch_rows):
-                yield _with_id(batch, scorer.score_batch(batch))
+                yield score_rows(scorer, batch)
             return
         # fork: works from scripts without a __main__ guard; replicated scorers are plain
         # Python/numpy/pyarrow code (no torch or polars thread pools in the children).
@@ -174,11 +217,9 @@ class LocalEngine(Engine):
                                  initargs=(scorer,)) as pool:
             pending: deque = deque()
             for batch in self.batches(parts, columns, max(self.batch_rows, 2048)):
-                pending.append((batch, pool.submit(_score_in_worker, batch)))
+                pending.append(pool.submit(_score_in_worker, batch))
                 if len(pending) >= 2 * workers:
-                    done, fut = pending.popleft()
-                    yield _with_id(done, fut.result())
+                    yield pending.popleft().result()
             while pending:
-                done, fut = pending.popleft()
-                yield _with_id(done, fut.result())
+                yield pending.popleft().result()
         self.info[scorer.name]["setup"] = scorer.describe()

@@ -35,7 +35,7 @@ from curate import selection
 from curate.bounds import plan_bounds
 from curate.cache import ScorerCache
 from curate.decisions import get_decision
-from curate.engine import Engine, Part, get_engine
+from curate.engine import ERROR, Engine, Part, get_engine
 from curate.errors import CurateError, RunError
 from curate.explain import filter_detail
 from curate.hashing import hash_json
@@ -236,11 +236,16 @@ class PlanRunner:
             alive = frame.filter("_alive")
             if isinstance(step, Score):
                 scorer = self.scorers[i]
-                scores, info = self._score(scorer, alive)
+                scores, failed, info = self._score(scorer, alive)
                 frame = frame.join(scores, on="id", how="left")
                 manifest["scorers"][scorer.name] = info
                 manifest["stages"].append({"stage": f"score:{scorer.name}", "in": alive.height,
-                                           "out": alive.height, **info})
+                                           "out": alive.height - failed.height, **info})
+                if failed.height:  # rows the scorer raised on: rejected with the error
+                    rejected.append(_rejected(failed["id"], "score", reason="")
+                                    .with_columns(reason=failed[ERROR]))
+                    frame = frame.with_columns(
+                        _alive=pl.col("_alive") & ~pl.col("id").is_in(failed["id"].implode()))
                 continue
             if isinstance(step, Filter):
                 keep = alive.select(step.expr().fill_null(False)).to_series()
@@ -292,8 +297,11 @@ class PlanRunner:
                       f"kind {stats.kind}, layout {', '.join(sorted(set(stats.adapters.values())))}")
         return stats, rejected
 
-    def _score(self, scorer: Scorer, alive: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Any]]:
+    def _score(self, scorer: Scorer, alive: pl.DataFrame
+               ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+        """(scores of the alive rows, rows the scorer raised on (id, _error), facts)."""
         t = time.monotonic()
+        failed: list[pa.Table] = []
         cache = ScorerCache(self.cache_root, scorer, self.kind, flush_rows=self.flush_rows)
         hits = cache.lookup(alive["id"])
         todo = alive.join(hits.select("id"), on="id", how="anti")
@@ -305,18 +313,33 @@ class PlanRunner:
             with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
                 for scores in self.engine.map_batches(scorer, parts_of(todo, self.data),
                                                       ["id", *scorer.inputs(self.kind)]):
-                    cache.add(scores)
                     bar.update(scores.num_rows)
+                    if ERROR in scores.column_names:
+                        bad = pc.is_valid(scores[ERROR])
+                        if pc.any(bad).as_py():
+                            failed.append(scores.filter(bad).select(["id", ERROR]))
+                            scores = scores.filter(pc.invert(bad))
+                        scores = scores.drop_columns([ERROR])
+                    cache.add(scores)
             cache.flush()
             facts = self.engine.info.get(scorer.name, {})
             info["setup"] = facts.get("setup", {})
             info["workers"] = facts.get("workers", 1)
             if info["workers"] > 1:
                 self.log.info(f"score {scorer.name}: {info['workers']} worker processes")
+        errors = (pl.from_arrow(pa.concat_tables(failed)).unique("id", keep="first")
+                  if failed else pl.DataFrame(schema={"id": pl.String, ERROR: pl.String}))
+        if errors.height and errors.height == todo.height:
+            raise RunError(f"scorer {scorer.name!r} failed on every row it scored "
+                           f"({errors.height}); first: {errors[ERROR][0]}")
+        info["failed"] = errors.height
         info["seconds"] = round(time.monotonic() - t, 3)
         self.log.info(f"score {scorer.name}: {alive.height} rows, {info['from_cache']} from cache, "
                       f"{info['computed']} computed ({info['seconds']} s)")
-        return cache.lookup(alive["id"]), info
+        if errors.height:
+            self.log.info(f"score {scorer.name}: {errors.height} row(s) rejected because the scorer "
+                          f"raised on them (first: {errors[ERROR][0]})")
+        return cache.lookup(alive["id"]), errors, info
 
     def _fit(self, scorer: Scorer) -> None:
         """Hand the scorer its whole-dataset state: from the cache, or fitted by the

@@ -3,12 +3,19 @@ the same run on it as on the local engine, which proves the Engine seam is real.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
 
+import polars as pl
 import pyarrow as pa
 
-from curate.engine import LocalEngine, Part, read_part, register_engine
-from curate.scorer import Scorer
+from curate.engine import LocalEngine, Part, read_part, register_engine, score_rows
+from curate.run import open_run
+from curate.scorer import Resources, Scorer, register
+from curate.text import field_texts
 
 
 @register_engine
@@ -27,8 +34,75 @@ class ReverseEngine(LocalEngine):
         for part in reversed(parts):
             table = read_part(part, columns).combine_chunks()
             for batch in table.to_batches():  # one chunk: the whole part
-                yield scorer.score_batch(batch).add_column(0, "id", batch.column("id"))
+                yield score_rows(scorer, batch)
 
     def read_rows(self, parts: list[Part], columns: list[str]) -> Iterator[pa.Table]:
         for part in reversed(parts):
             yield read_part(part, columns)
+
+
+def _tables(path) -> dict[str, pl.DataFrame]:
+    run = open_run(path)
+    return {name: pl.from_arrow(run.table(name)).sort("id") for name in ("selected", "rejected", "scores")}
+
+
+NUMBER = re.compile(r"-?\d+\.\d+(?:e-?\d+)?")
+
+
+def _same_text(x: str | None, y: str | None) -> None:
+    if x is None or y is None:
+        assert x == y
+        return
+    assert NUMBER.split(x) == NUMBER.split(y), (x, y)
+    assert all(abs(float(u) - float(v)) < 1e-5 for u, v in zip(NUMBER.findall(x), NUMBER.findall(y))), (x, y)
+
+
+def same_run(a, b) -> None:
+    """Runs ``a`` (local engine) and ``b`` (another engine) agree: selected ids, rejected
+    records, scores (floats within 1e-5), counts and stage sizes."""
+    ta, tb = _tables(a), _tables(b)
+    assert ta["selected"]["id"].to_list() == tb["selected"]["id"].to_list()
+    ra, rb = ta["rejected"], tb["rejected"]
+    assert ra.drop("detail").equals(rb.drop("detail"))
+    for x, y in zip(ra["detail"].to_list(), rb["detail"].to_list()):
+        _same_text(x, y)  # details quote scores: equal up to float noise of batching
+    sa, sb = ta["scores"], tb["scores"]
+    assert sa.columns == sb.columns and sa["id"].equals(sb["id"])
+    for col in sa.columns:
+        if sa[col].dtype.is_float():
+            assert ((sa[col] - sb[col]).abs() < 1e-5).all(), col
+        elif sa[col].dtype == pl.List(pl.Float32):
+            diff = (sa[col].explode() - sb[col].explode()).abs().max()
+            assert diff is None or diff < 1e-5, col
+        else:
+            assert sa[col].equals(sb[col]), col
+    ma, mb = open_run(a).manifest(), open_run(b).manifest()
+    assert ma["engine"] == "local" and mb["engine"] != "local"
+    assert ma["counts"] == mb["counts"]
+    assert [s["out"] for s in ma["stages"]] == [s["out"] for s in mb["stages"]]
+
+
+@register
+@dataclass
+class Faulty(Scorer):
+    """A test scorer: the length of each row's text. It raises ValueError on rows whose
+    text contains ``needle``, and while the file ``die_marker`` does not exist the first
+    batch it sees creates the file and kills its own process (a worker dying
+    mid-batch)."""
+
+    name: ClassVar[str] = "test_faulty"
+    columns: ClassVar[dict[str, pa.DataType]] = {"faulty_chars": pa.int64()}
+    resources: ClassVar[Resources] = Resources(cpus=1)
+
+    needle: str = ""
+    die_marker: str = ""
+
+    def score(self, batch: pa.RecordBatch) -> dict[str, list]:
+        if self.die_marker and not os.path.exists(self.die_marker):
+            open(self.die_marker, "w").close()
+            os._exit(1)
+        texts = field_texts(batch, "all")
+        for t in texts:
+            if self.needle and self.needle in t:
+                raise ValueError(f"cannot score a row with {self.needle!r}")
+        return {"faulty_chars": [len(t) for t in texts]}

@@ -4,12 +4,9 @@ selected ids, rejected records and scores."""
 
 from __future__ import annotations
 
-import re
-
-import polars as pl
 import pytest
 
-from _engines import ReverseEngine
+from _engines import ReverseEngine, same_run
 from conftest import DATA, ROOT, curate_cli
 from curate import read
 from curate.engine import ENGINES
@@ -22,45 +19,6 @@ PREF = ROOT / "sample_data" / "preference"
 EVAL = DATA / "alpaca_eval" / "eval_set.parquet"
 
 
-def _tables(path) -> dict[str, pl.DataFrame]:
-    run = open_run(path)
-    return {name: pl.from_arrow(run.table(name)).sort("id") for name in ("selected", "rejected", "scores")}
-
-
-NUMBER = re.compile(r"-?\d+\.\d+(?:e-?\d+)?")
-
-
-def _same_text(x: str | None, y: str | None) -> None:
-    if x is None or y is None:
-        assert x == y
-        return
-    assert NUMBER.split(x) == NUMBER.split(y), (x, y)
-    assert all(abs(float(u) - float(v)) < 1e-5 for u, v in zip(NUMBER.findall(x), NUMBER.findall(y))), (x, y)
-
-
-def _same_run(a, b) -> None:
-    ta, tb = _tables(a), _tables(b)
-    assert ta["selected"]["id"].to_list() == tb["selected"]["id"].to_list()
-    ra, rb = ta["rejected"], tb["rejected"]
-    assert ra.drop("detail").equals(rb.drop("detail"))
-    for x, y in zip(ra["detail"].to_list(), rb["detail"].to_list()):
-        _same_text(x, y)  # details quote scores: equal up to float noise of batching
-    sa, sb = ta["scores"], tb["scores"]
-    assert sa.columns == sb.columns and sa["id"].equals(sb["id"])
-    for col in sa.columns:
-        if sa[col].dtype.is_float():
-            assert ((sa[col] - sb[col]).abs() < 1e-5).all(), col
-        elif sa[col].dtype == pl.List(pl.Float32):
-            diff = (sa[col].explode() - sb[col].explode()).abs().max()
-            assert diff is None or diff < 1e-5, col
-        else:
-            assert sa[col].equals(sb[col]), col
-    ma, mb = open_run(a).manifest(), open_run(b).manifest()
-    assert (ma["engine"], mb["engine"]) == ("local", "reverse")
-    assert ma["counts"] == mb["counts"]
-    assert [s["out"] for s in ma["stages"]] == [s["out"] for s in mb["stages"]]
-
-
 def test_default_sft_pipeline_same_on_both_engines(tmp_path):
     """Text stats, quality, exact and verified MinHash dedup (reads rows back through the
     engine), relevance embeddings and Deita selection; the test engine ingests 5 parts."""
@@ -70,7 +28,7 @@ def test_default_sft_pipeline_same_on_both_engines(tmp_path):
         pipe.write(tmp_path / engine, engine=engine, cache_dir=False, quiet=True)
     assert len(list((tmp_path / "reverse" / "data").glob("*.parquet"))) == 5
     assert len(list((tmp_path / "local" / "data").glob("*.parquet"))) == 1
-    _same_run(tmp_path / "local", tmp_path / "reverse")
+    same_run(tmp_path / "local", tmp_path / "reverse")
     assert open_run(tmp_path / "local").manifest()["counts"]["selected"] == 60
 
 
@@ -83,15 +41,15 @@ def test_preference_decontamination_and_forked_workers_same_on_both_engines(tmp_
     runs = {e: pipe.write(tmp_path / e, engine=e, cache_dir=False, quiet=True, workers=2,
                           batch_rows=16) for e in ("local", "reverse")}
     assert runs["local"].manifest()["scorers"]["quality"]["workers"] == 2
-    _same_run(runs["local"].path, runs["reverse"].path)
+    same_run(runs["local"].path, runs["reverse"].path)
 
 
 def test_engine_instance_and_unknown_engine(tmp_path):
     run = read(SFT).score("quality").select("random", budget=5).write(
         tmp_path / "r", engine=ReverseEngine(), cache_dir=False, quiet=True)
     assert run.manifest()["engine"] == "reverse" and run.manifest()["counts"]["selected"] == 5
-    with pytest.raises(CurateError, match="unknown engine 'ray'; available engines: local, reverse"):
-        read(SFT).write(tmp_path / "x", engine="ray", cache_dir=False, quiet=True)
+    with pytest.raises(CurateError, match="unknown engine 'spark'; available engines: local, ray, reverse"):
+        read(SFT).write(tmp_path / "x", engine="spark", cache_dir=False, quiet=True)
     assert not (tmp_path / "x").exists()
     proc = curate_cli("run", ROOT / "pipelines" / "sft_select.py", "-i", SFT, "-o", tmp_path / "y",
                       "--engine", "nope", check=False)
