@@ -13,7 +13,7 @@ def sae_group() -> None:
     """Sparse autoencoders on the target model's residual stream (for the sae scorer).
 
     \b
-      curate sae train --layer 15 --input DATA --output SAE_DIR
+      curate sae train --layer 21 --input DATA --output SAE_DIR
       curate sae info SAE_DIR
       curate sae features SAE_DIR --data DATA --top 10
     """
@@ -24,7 +24,7 @@ def sae_group() -> None:
               help="Target model: an embedded name or a local transformers folder.")
 @click.option("--layer", type=int, default=None,
               help="Decoder layer whose output (residual stream) the SAE reads "
-                   "[default: 15, measured best for smollm2-135m].")
+                   "[default: 21, measured best for smollm2-135m].")
 @click.option("--input", "input_", required=True, type=click.Path(), help="Data to train on.")
 @click.option("--output", "-o", required=True, type=click.Path(), help="SAE folder to write.")
 @click.option("--width", type=click.IntRange(1), default=None,

@@ -27,7 +27,7 @@ from typing import Any
 from curate.errors import CurateError
 from curate.sae import SAE, hook_name, save_sae
 
-DEFAULT_LAYER = 15  # measured on real data: see README "SAE selection"
+DEFAULT_LAYER = 21  # measured on real data (bench/sae_layers.py): see README "SAE selection"
 
 
 @dataclass

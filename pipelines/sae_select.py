@@ -9,7 +9,7 @@
    `sae_coverage` (`strategy=sae_coverage`): the rows covering the most distinct
    features (each feature counted at most `cap` times).
 
-Train an SAE first: curate sae train --layer 15 --input DATA --output SAE_DIR
+Train an SAE first: curate sae train --layer 21 --input DATA --output SAE_DIR
 """
 
 from curate import Param, pipeline, read
