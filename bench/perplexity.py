@@ -1,13 +1,16 @@
-"""Perplexity throughput: curate's scorer vs two naive baselines, in one run.
+"""Perplexity throughput: curate's scorer vs a plain transformers loop, in one run.
 
 Modes, all over the same real rows (alpaca_en_demo, mixed lengths), each row
 rendered with the chat template and scored on its answer tokens:
-  one-row   one sequence per forward pass, full logits (plain transformers)
-  padded-8  fixed batches of 8 in input order, padded to the longest, full logits
-  curate    the perplexity scorer: sorted by length, token-budget batches,
-            LM head only where a loss is needed
-Prints tokens/s per mode and the ratios; on a GPU also the achieved model
-FLOP/s as a fraction of the bf16 peak (--peak-tflops, default H100 SXM 989).
+  plain       the loop anyone writes first: one sequence per forward pass, full
+              logits, log-softmax, sum of the answer tokens' log-probs (fp32)
+  padded-8    fixed batches of 8 in input order, padded to the longest (fp32)
+  curate-fp32 the perplexity scorer in float32
+  curate      the perplexity scorer with its default dtype (bf16 autocast on CPUs with
+              native bf16 and on GPUs, else float32)
+Prints tokens/s per mode, the ratios to the plain loop, and the peak RSS; on a GPU
+also the achieved model FLOP/s against the bf16 peak (--peak-tflops, H100 SXM 989).
+Every mode gets a warm-up pass first.
 
     python bench/perplexity.py --rows 200
 """
@@ -15,6 +18,7 @@ FLOP/s as a fraction of the bf16 peak (--peak-tflops, default H100 SXM 989).
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 from pathlib import Path
@@ -36,7 +40,8 @@ def rows(n: int, seed: int) -> list[list[dict]]:
 
 
 def naive(scorer, seqs, batch: int) -> float:
-    """Full-logit forward passes over fixed-size batches in input order; returns seconds."""
+    """Full-logit forward passes over fixed-size batches in input order (batch 1: the
+    plain loop, no mask); returns seconds."""
     lm, pad = scorer._lm, scorer._tok.pad_token_id or 0
     start = time.perf_counter()
     for i in range(0, len(seqs), batch):
@@ -48,18 +53,22 @@ def naive(scorer, seqs, batch: int) -> float:
             ids[r, :len(s.ids)] = torch.tensor(s.ids)
             mask[r, :len(s.ids)] = 1
         with torch.inference_mode():
-            logits = lm(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits
+            ids = ids.to(lm.device)
+            logits = lm(input_ids=ids, attention_mask=mask.to(lm.device) if batch > 1 else None).logits
             lp = torch.log_softmax(logits.float(), -1)
             for r, s in enumerate(group):
                 t = torch.tensor(s.targets, device=lm.device)
-                lp[r, t - 1].gather(1, ids[r, t].to(lm.device)[:, None]).sum().item()
+                lp[r, t - 1].gather(1, ids[r, t][:, None]).sum().item()
     _sync()
     return time.perf_counter() - start
 
 
-def ours(scorer, seqs) -> float:
+LAST: dict[str, list] = {}  # the scores of each curate mode, for the agreement line
+
+
+def ours(scorer, seqs, mode: str = "") -> float:
     start = time.perf_counter()
-    scorer.logprobs(seqs)
+    LAST[mode] = scorer.logprobs(seqs)
     _sync()
     return time.perf_counter() - start
 
@@ -76,36 +85,51 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 CPU, bf16 GPU)")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--max-batch-tokens", type=int, default=None)
-    ap.add_argument("--skip-one-row", action="store_true", help="skip the slowest baseline")
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     gpu = torch.cuda.is_available()
     budget = args.max_batch_tokens or (65536 if gpu else 4096)
-    scorer = get_scorer("perplexity", model=args.model, dtype=args.dtype,
-                        max_length=args.max_length, max_batch_tokens=budget)
-    scorer.setup()
-    seqs = [scorer._truncate(scorer.conversation(c)) for c in rows(args.rows, args.seed)]
+
+    def scorer_for(dtype):
+        sc = get_scorer("perplexity", model=args.model, dtype=dtype, max_length=args.max_length,
+                        max_batch_tokens=budget)
+        sc.setup()
+        return sc
+
+    fp32 = scorer_for("float32")
+    default = scorer_for(args.dtype)
+    seqs = [fp32._truncate(fp32.conversation(c)) for c in rows(args.rows, args.seed)]
     seqs = [s for s in seqs if s is not None and s.targets]
     tokens = sum(len(s.ids) for s in seqs)
     lengths = sorted(len(s.ids) for s in seqs)
-    print(f"device {scorer._lm.device}, dtype {scorer.effective_dtype()}, {len(seqs)} rows, "
+    print(f"device {fp32._lm.device}, default dtype {default.effective_dtype()}, {len(seqs)} rows, "
           f"{tokens} tokens (length min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
-          f"max {lengths[-1]}), token budget {budget}")
-    ours(scorer, seqs[:4])  # warm-up
+          f"max {lengths[-1]}), GPU token budget {budget}")
+    warm = seqs[:4]
+    modes = {"plain": lambda s: naive(fp32, s, 1), "padded-8": lambda s: naive(fp32, s, 8),
+             "curate-fp32": lambda s: ours(fp32, s, "fp32"),
+             "curate": lambda s: ours(default, s, "default")}
     results = {}
-    if not args.skip_one_row:
-        results["one-row"] = naive(scorer, seqs, 1)
-    results["padded-8"] = naive(scorer, seqs, 8)
-    results["curate"] = ours(scorer, seqs)
-    base = results["curate"]
-    n_params = sum(p.numel() for p in scorer._lm.parameters())
-    print(f"{'mode':<10} {'seconds':>9} {'tokens/s':>10} {'curate is':>10}")
+    for mode, fn in modes.items():
+        fn(warm)
+        results[mode] = fn(seqs)
+    base = results["plain"]
+    print(f"{'mode':<12} {'seconds':>9} {'tokens/s':>10} {'vs plain':>9}")
     for mode, sec in results.items():
-        print(f"{mode:<10} {sec:>9.2f} {tokens / sec:>10.0f} {sec / base:>9.2f}x")
+        print(f"{mode:<12} {sec:>9.2f} {tokens / sec:>10.0f} {base / sec:>8.2f}x")
+    ppl = {m: [math.exp(-a / n) for a, n in LAST[m]] for m in ("fp32", "default")}
+    rel = sorted(abs(d / f - 1) for f, d in zip(ppl["fp32"], ppl["default"]))
+    print(f"perplexity, default dtype vs float32: median relative difference "
+          f"{rel[len(rel) // 2]:.2%}, max {rel[-1]:.2%}")
+    import resource
+
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
+          "(both scorers' models loaded)")
     if gpu:
-        flops = 2 * n_params * tokens / base
+        n_params = sum(p.numel() for p in default._lm.parameters())
+        flops = 2 * n_params * tokens / results["curate"]
         print(f"achieved model FLOP/s (2 x params x tokens): {flops / 1e12:.1f} TFLOP/s = "
               f"{100 * flops / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops:.0f} TFLOP/s bf16 peak")
 

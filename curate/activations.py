@@ -51,8 +51,11 @@ class Residual:
                  max_length: int | None = 1024,
                  max_batch_tokens: int = 8192, device: str | None = None,
                  dtype: str | None = None):
+        from curate.models import pick_device
         from scorers.perplexity import Perplexity
 
+        if dtype is None:  # float32 on any CPU: SAEs read activations at full precision
+            dtype = "bfloat16" if pick_device(device).startswith("cuda") else "float32"
         self.model = model
         self.layers = [layer] if isinstance(layer, int) else list(layer)
         self.layer = self.layers[0]

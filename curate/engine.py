@@ -206,7 +206,7 @@ class LocalEngine(Engine):
         if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
             scorer.setup()
             self.info[scorer.name]["setup"] = scorer.describe()
-            for batch in self.batches(parts, columns, self.batch_rows):
+            for batch in self.batches(parts, columns, scorer.batch_rows or self.batch_rows):
                 yield score_rows(scorer, batch)
             return
         # fork: works from scripts without a __main__ guard; replicated scorers are plain

@@ -29,7 +29,7 @@ def eval_pipeline(data: str | Path, model: str, *, kind: str | None = None,
     if kind == "text":
         raise CurateError("evaluation needs reference answers (sft or preference rows), "
                           "not plain text")
-    options: dict[str, Any] = {"model": model}
+    options: dict[str, Any] = {"model": model, "dtype": "float32"}  # exact losses, any device
     if max_length:
         options["max_length"] = max_length
     return read(data, kind=kind, adapter=adapter, columns=columns).score("perplexity", **options)

@@ -191,15 +191,31 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); there a small
+    model in bf16 runs 1.6-2x faster than in float32. Elsewhere emulated bf16 is
+    slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def default_dtype(device: str) -> str:
+    """The inference dtype a model scorer uses when none is given: bfloat16 on GPUs and
+    on CPUs with native bf16, float32 elsewhere."""
+    return "bfloat16" if device.startswith("cuda") or cpu_has_bf16() else "float32"
+
+
 def load_causal_lm(name: str, device: str | None = None, dtype: str | None = None):
-    """Load a causal LM for inference: float32 on CPU, bf16 on GPU unless ``dtype``."""
+    """Load a causal LM for inference in ``dtype`` (default: ``default_dtype``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     ref = resolve(name)
     device = pick_device(device)
-    torch_dtype = getattr(torch, dtype) if dtype else (
-        torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    torch_dtype = getattr(torch, dtype or default_dtype(device))
     tuned = finetuned(ref.path) if ref.gguf_file is None else None
     try:
         if tuned and not tuned.get("merged") and tuned.get("adapter"):

@@ -154,7 +154,8 @@ class RayEngine(Engine):
             replicas = max(1, int(self.workers // r.cpus))
         else:
             replicas = max(1, int(self.cluster.get("GPU", 0) // r.gpus)) if r.gpus else 1
-            out = ds.map_batches(_actor_class(scorer), batch_format="pyarrow", batch_size=self.batch_rows,
+            out = ds.map_batches(_actor_class(scorer), batch_format="pyarrow",
+                                 batch_size=scorer.batch_rows or self.batch_rows,
                                  compute=ActorPoolStrategy(size=replicas), num_cpus=1,
                                  num_gpus=r.gpus or None)
         self.info[scorer.name] = {"workers": replicas, "setup": {}}

@@ -49,6 +49,9 @@ class Scorer:
     columns: ClassVar[dict[str, pa.DataType]]
     kinds: ClassVar[tuple[str, ...]] = ("sft", "preference", "text")
     resources: ClassVar[Resources] = Resources()  # a property where it depends on the config
+    # rows per batch the scorer asks for (None: the engine's); model scorers on a CPU ask
+    # for few, so progress moves every few seconds
+    batch_rows: ClassVar[int | None] = None
 
     def config(self) -> dict[str, Any]:
         """The parameters that change the scores (part of the cache key)."""

@@ -115,9 +115,48 @@ def vectors_array(vecs: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, flat)
 
 
+_MODELS: dict[tuple[str, int], Any] = {}  # per process: loaded sentence models, shared
+
+
+class SentenceScorer(Scorer):
+    """Base of the sentence-embedding scorers (embedding, relevance, target and pair
+    similarity): L2-normalised embeddings of whole texts (windows of ``max_seq_length``
+    tokens, mean-pooled, up to ``max_tokens`` tokens per text). The loaded model is
+    shared by every such scorer in the process, so a pipeline that scores relevance
+    and embeddings loads MiniLM once."""
+
+    model: str
+    max_tokens: int
+    max_seq_length: int
+    _st = None
+
+    def __post_init__(self) -> None:
+        check_limits(self.max_seq_length, self.max_tokens)
+
+    def model_fingerprint(self) -> str:
+        return resolve(self.model).fingerprint
+
+    def setup(self) -> None:
+        if self._st is None:
+            key = (self.model, self.max_seq_length)
+            if key not in _MODELS:
+                st = load_sentence_model(self.model)
+                st.max_seq_length = self.max_seq_length
+                _MODELS[key] = st
+            self._st = _MODELS[key]
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self._st.device) if self._st else None,
+                "window_tokens": self.max_seq_length, "max_tokens": self.max_tokens}
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        SentenceScorer.setup(self)
+        return embed_texts(self._st, texts, self.max_tokens)
+
+
 @register
 @dataclass
-class Embedding(Scorer):
+class Embedding(SentenceScorer):
     """L2-normalised sentence-transformers embedding (embedded ``minilm`` or a local
     model) of the whole text (``fields``: ``all``, ``prompt`` or ``response``): windows
     of ``max_seq_length`` tokens, mean-pooled, up to ``max_tokens`` tokens per text."""
@@ -131,28 +170,9 @@ class Embedding(Scorer):
     max_seq_length: int = WINDOW  # tokens per window, special tokens included
     max_tokens: int = MAX_TOKENS  # tokens of a text that are embedded
 
-    _st = None
-
-    def __post_init__(self) -> None:
-        check_limits(self.max_seq_length, self.max_tokens)
-
-    def model_fingerprint(self) -> str:
-        return resolve(self.model).fingerprint
-
-    def setup(self) -> None:
-        if self._st is None:
-            self._st = load_sentence_model(self.model)
-            self._st.max_seq_length = self.max_seq_length
-
     def describe(self) -> dict[str, Any]:
-        return {"device": str(self._st.device) if self._st else None,
-                "dim": dimension(self._st) if self._st else None,
-                "fields": self.fields, "window_tokens": self.max_seq_length,
-                "max_tokens": self.max_tokens}
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        self.setup()
-        return embed_texts(self._st, texts, self.max_tokens)
+        return {**super().describe(), "dim": dimension(self._st) if self._st else None,
+                "fields": self.fields}
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
         return {"embedding": vectors_array(self.embed(field_texts(batch, self.fields)))}

@@ -10,51 +10,18 @@ import numpy as np
 import pyarrow as pa
 
 from curate.errors import CurateError
-from curate.models import load_sentence_model, resolve
+from curate.models import resolve
 from curate.readers import existing_path, list_files, path_fingerprint, read_chunks
 from curate.schema import prompt_texts, rejected_texts, response_texts
-from curate.scorer import Scorer, register
+from curate.scorer import register
 from scorers.contamination import _strings
-from scorers.embedding import MAX_TOKENS, WINDOW, check_limits, embed_texts
+from scorers.embedding import MAX_TOKENS, WINDOW, SentenceScorer
 from curate.text import field_texts
-
-
-class _Embeds(Scorer):
-    """Shared: a sentence model loaded once, L2-normalised embeddings of whole texts
-    (windows of ``max_seq_length`` tokens, mean-pooled, up to ``max_tokens`` tokens per
-    text; see ``scorers.embedding``)."""
-
-    model: str
-    max_tokens: int
-    max_seq_length: int
-    _st = None
-
-    def __post_init__(self) -> None:
-        check_limits(self.max_seq_length, self.max_tokens)
-
-    def model_fingerprint(self) -> str:
-        return resolve(self.model).fingerprint
-
-    def setup(self) -> None:
-        self._load_model()
-
-    def describe(self) -> dict[str, Any]:
-        return {"device": str(self._st.device) if self._st else None,
-                "window_tokens": self.max_seq_length, "max_tokens": self.max_tokens}
-
-    def _load_model(self) -> None:
-        if self._st is None:
-            self._st = load_sentence_model(self.model)
-            self._st.max_seq_length = self.max_seq_length
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        self._load_model()
-        return embed_texts(self._st, texts, self.max_tokens)
 
 
 @register
 @dataclass
-class Relevance(_Embeds):
+class Relevance(SentenceScorer):
     """Cosine similarity of the answer (last assistant turn; a preference row's chosen
     answer) to its prompt (the system, user and tool turns before it), each embedded
     whole up to ``max_tokens`` tokens (low: the answer may belong to another question)."""
@@ -89,7 +56,7 @@ def read_texts(path: str) -> list[str]:
 
 @register
 @dataclass
-class TargetSimilarity(_Embeds):
+class TargetSimilarity(SentenceScorer):
     """Mean of the top-``k`` cosine similarities of a row (``fields``) to the rows of a
     target set (FAISS inner-product index over the target embeddings); texts embedded
     whole up to ``max_tokens`` tokens."""
@@ -146,7 +113,7 @@ class TargetSimilarity(_Embeds):
 
 @register
 @dataclass
-class PairSimilarity(_Embeds):
+class PairSimilarity(SentenceScorer):
     """Cosine similarity of the chosen and the rejected answer of a preference pair
     (their assistant turns only, not the shared prompt; each embedded whole up to
     ``max_tokens`` tokens). Near 1: the pair teaches little."""
