@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -53,6 +54,18 @@ if TYPE_CHECKING:
 
 FRAME_BASE = ("id", "source", "prompt_id")
 FRAME_PRIVATE = ("_part", "_alive", "_order")
+
+
+def peak_rss_mb() -> dict[str, int]:
+    """Peak resident memory so far, in MB: this process, and the largest of its finished
+    worker processes (Linux reports the largest child, not their sum)."""
+    import resource
+
+    def mb(who: int) -> int:
+        kb = resource.getrusage(who).ru_maxrss
+        return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024))
+
+    return {"main": mb(resource.RUSAGE_SELF), "largest_worker": mb(resource.RUSAGE_CHILDREN)}
 
 
 def _now() -> str:
@@ -200,6 +213,7 @@ class PlanRunner:
             run.write_manifest(manifest)
             raise
         manifest["timings"]["total_s"] = round(time.monotonic() - t0, 3)
+        manifest["peak_rss_mb"] = peak_rss_mb()
         manifest.update(status="complete", finished=_now())
         run.write_manifest(manifest)
         shutil.rmtree(run.work, ignore_errors=True)
@@ -334,6 +348,7 @@ class PlanRunner:
                            f"({errors.height}); first: {errors[ERROR][0]}")
         info["failed"] = errors.height
         info["seconds"] = round(time.monotonic() - t, 3)
+        info["peak_rss_mb"] = peak_rss_mb()
         self.log.info(f"score {scorer.name}: {alive.height} rows, {info['from_cache']} from cache, "
                       f"{info['computed']} computed ({info['seconds']} s)")
         if errors.height:

@@ -168,6 +168,9 @@ def test_cli_score_and_sql(tmp_path):
     curate_cli("score", src, "--scorer", "perplexity", "--output", out, "--cache-dir", tmp_path / "c")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["scorers"]["perplexity"]["setup"]["template"] == "chat template of the tokenizer"
+    # peak memory per scorer step and for the run: the 135M model is in it
+    assert manifest["scorers"]["perplexity"]["peak_rss_mb"]["main"] > 250
+    assert manifest["peak_rss_mb"]["main"] >= manifest["scorers"]["perplexity"]["peak_rss_mb"]["main"]
     scores = pl.read_parquet(next((out / "scores").glob("*.parquet")))
     assert scores.height == 5 and scores["ifd"].null_count() == 0
     avg = curate_cli("sql", out, "select avg(ifd) from scores", "--format", "csv").stdout.splitlines()[-1]
