@@ -1,4 +1,10 @@
-"""The ``curate`` command line."""
+"""The ``curate`` command line.
+
+Every command is a thin wrapper over a library call (parse options, call, print), and
+they share option tables and the error handling in ``main``; kept in one module (over
+500 lines) so a reader sees the whole command surface in one place. The ``sae``
+commands live in ``curate.sae_cli``.
+"""
 
 from __future__ import annotations
 

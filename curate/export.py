@@ -25,6 +25,10 @@ every row left out with the reason). A row the target layout cannot hold (an ass
 turn with both text and tool calls for LLaMA-Factory, a two-message chosen answer for a
 single-message layout, turns that do not alternate) is left out and reported, never
 changed. The folder is written under a temporary name beside DIR and renamed at the end.
+
+One module (over 500 lines) because the layouts share the row conversions (messages,
+tool calls, preference pairs) and the left-out accounting; each layout is one writer
+function at the end.
 """
 
 from __future__ import annotations
