@@ -209,13 +209,15 @@ def default_dtype(device: str) -> str:
 
 
 def load_causal_lm(name: str, device: str | None = None, dtype: str | None = None):
-    """Load a causal LM for inference in ``dtype`` (default: ``default_dtype``)."""
+    """Load a causal LM in ``dtype`` (default: float32 on CPU, bf16 on GPU; training and
+    exact evaluation want float32 on a CPU, scorers pass ``default_dtype`` themselves)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     ref = resolve(name)
     device = pick_device(device)
-    torch_dtype = getattr(torch, dtype or default_dtype(device))
+    torch_dtype = getattr(torch, dtype) if dtype else (
+        torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tuned = finetuned(ref.path) if ref.gguf_file is None else None
     try:
         if tuned and not tuned.get("merged") and tuned.get("adapter"):

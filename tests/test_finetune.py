@@ -102,7 +102,7 @@ def test_adapter_reloads_to_the_same_logits_and_merged_equals_base_plus_adapter(
     (sft_model / "curate_model.json").write_text(json.dumps(info))
     try:
         with torch.inference_mode():
-            loaded = load_causal_lm(str(sft_model), device="cpu")(ids).logits
+            loaded = load_causal_lm(str(sft_model), device="cpu", dtype="float32")(ids).logits
     finally:
         info["merged"] = True
         (sft_model / "curate_model.json").write_text(json.dumps(info))
@@ -114,7 +114,7 @@ def test_eval_of_the_base_model_equals_a_direct_forward_pass(sft_run, tmp_path):
     summary = evaluate("smollm2-135m", data, tmp_path / "eval", quiet=True, cache_dir=False)
     assert summary["scored_rows"] == 4
     tok = load_tokenizer("smollm2-135m")
-    lm = load_causal_lm("smollm2-135m", device="cpu")
+    lm = load_causal_lm("smollm2-135m", device="cpu", dtype="float32")
     total = n = 0.0
     for r in pq.read_table(data).to_pylist():
         user = r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")
