@@ -8,6 +8,8 @@ directly (``selection.select``), and one end-to-end run checks the executor wiri
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import polars as pl
 import pytest
@@ -51,6 +53,9 @@ def real() -> tuple[pl.DataFrame, np.ndarray]:
         "unique_ratio": unique,
         "length_bucket": ["short" if w < 30 else "medium" if w < 150 else "long" for w in words],
         "dsir_weight": np.log1p(np.array(words, dtype=np.float64)) / 2,
+        # stand-in for SAE feature ids: the answer's distinct words, hashed to 1,024 ids
+        "word_ids": pl.Series([sorted({zlib.crc32(w.encode()) % 1024 for w in t.lower().split()})
+                               for t in d["output"]], dtype=pl.List(pl.Int32)),
         "embedding": pl.Series([row for row in x], dtype=pl.List(pl.Float32)),
     })
     return frame, x
@@ -76,6 +81,8 @@ CASES = {
     "kmeans_quality": {"by": WORDS},
     "kcenter": {"by": WORDS},
     "facility_location": {},
+    "sae_target": {"by": WORDS},
+    "sae_coverage": {"features": "word_ids", "cap": 2},
 }
 
 
