@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import _dedup_truth as T  # noqa: E402
 
-TOOLS = ("curate", "datasketch", "datatrove", "text-dedup")
+TOOLS = ("curate", "datasketch", "datatrove", "text-dedup", "rensa")
 PEER_VENV_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 
 
@@ -143,6 +143,35 @@ def run_datasketch(a) -> dict:
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "labels": labels, "lsh": f"{lsh.b}x{lsh.r}", "workers": 1,
             "version": _version("datasketch")}
+
+
+def run_rensa(a) -> dict:
+    """rensa (Rust MinHash, R-MinHash variant) with its LSH index, on the same shingles;
+    no verification. rensa needs bands that divide num_perm: of those, the one with the
+    least weighted false-positive + false-negative area (datasketch's criterion)."""
+    from datasketch.lsh import _false_negative_probability, _false_positive_probability
+    from rensa import RMinHash, RMinHashLSH
+
+    def error(b: int) -> float:
+        r = a.num_perm // b
+        return (0.5 * _false_positive_probability(a.threshold, b, r)
+                + 0.5 * _false_negative_probability(a.threshold, b, r))
+
+    t0 = time.perf_counter()
+    texts = read_texts(Path(a.corpus))
+    sh = [list(T.shingles(t)) for t in texts]
+    bands = min((b for b in range(1, a.num_perm + 1) if a.num_perm % b == 0), key=error)
+    rows = a.num_perm // bands
+    mhs = RMinHash.from_token_sets(sh, num_perm=a.num_perm, seed=1)
+    lsh = RMinHashLSH(threshold=a.threshold, num_perm=a.num_perm, num_bands=bands)
+    for i, (m, s) in enumerate(zip(mhs, sh)):
+        if s:
+            lsh.insert(i, m)
+    pairs = [(i, j) for i, (m, s) in enumerate(zip(mhs, sh)) if s for j in lsh.query(m) if j != i]
+    labels = labels_from_pairs(len(texts), pairs)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "labels": labels, "lsh": f"{bands}x{rows}", "workers": 1,
+            "version": _version("rensa")}
 
 
 def run_datatrove(a) -> dict:
@@ -286,6 +315,7 @@ def _version(dist: str) -> str:
 
 
 RUNNERS = {"curate": run_curate, "datasketch": run_datasketch, "datatrove": run_datatrove,
+           "rensa": run_rensa,
            "text-dedup": run_text_dedup}
 
 

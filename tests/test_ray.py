@@ -63,6 +63,12 @@ def test_worker_death_is_retried_without_losing_rows(cluster, tmp_path):
                                         "rejected": 0}
 
 
+def test_killed_ray_run_resumes_from_the_score_cache(cluster, tmp_path):
+    from test_resume import kill_and_resume
+
+    kill_and_resume(tmp_path, "--engine", "ray", "--address", cluster, rows=2000)
+
+
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_a_scorer_raising_on_rows_rejects_those_rows(cluster, tmp_path, engine):
     from curate.ingest import ingest

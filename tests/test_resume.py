@@ -33,15 +33,23 @@ def selected_ids(run_dir) -> list[str]:
 
 
 def test_kill_9_then_rerun_matches_uninterrupted(tmp_path):
+    kill_and_resume(tmp_path)
+
+
+def kill_and_resume(tmp_path, *engine_args: str, rows: int = 7673) -> None:
+    """Kill a run over ``rows`` real rows mid-way through scoring, run it again, compare
+    with a clean run (``engine_args``: e.g. ``--engine ray --address ADDR``;
+    tests/test_ray.py)."""
     load_tokenizer("smollm2-135m")  # convert the embedded model once, outside the timed part
     PIPELINE = tmp_path / "resumable.py"
     PIPELINE.write_text(PIPELINE_CODE)
     src = tmp_path / "in"
     src.mkdir()
     table = pq.read_table(DATA / "gpteacher" / "toolformer_dedupe.parquet")
-    pq.write_table(table.slice(0, 4000), src / "a.parquet")
-    pq.write_table(table.slice(4000, 3673), src / "b.parquet")
-    common = ["--input", src, "--set", "budget=500", "--batch-rows", "32", "--flush-rows", "32"]
+    pq.write_table(table.slice(0, rows // 2), src / "a.parquet")
+    pq.write_table(table.slice(rows // 2, rows - rows // 2), src / "b.parquet")
+    common = ["--input", src, "--set", "budget=500", "--batch-rows", "32", "--flush-rows", "32",
+              *engine_args]
 
     killed, cache = tmp_path / "killed", tmp_path / "cache_killed"
     proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(PIPELINE),
@@ -61,7 +69,7 @@ def test_kill_9_then_rerun_matches_uninterrupted(tmp_path):
     assert manifest["status"] == "running"  # a killed run never looks complete
     assert not (killed / "selected").exists()  # outputs are written last, after every step
     saved = sum(pq.read_metadata(p).num_rows for p in cache.glob("text_stats-*/*.parquet"))
-    assert 0 < saved < 7673  # killed mid-way through scoring, with part of it saved
+    assert 0 < saved < rows  # killed mid-way through scoring, with part of it saved
 
     resumed = curate_cli("run", PIPELINE, *common, "--output", killed, "--cache-dir", cache)
     assert "resuming run" in resumed.stderr
@@ -69,7 +77,7 @@ def test_kill_9_then_rerun_matches_uninterrupted(tmp_path):
     assert info["status"] == "complete"
     assert info["scorers"]["text_stats"]["from_cache"] >= saved  # work done before the kill was kept
     assert info["scorers"]["text_stats"]["computed"] > 0  # and the rest was computed now
-    assert info["counts"]["selected"] + info["counts"]["rejected"] == 7673
+    assert info["counts"]["selected"] + info["counts"]["rejected"] == rows
 
     clean = tmp_path / "clean"
     curate_cli("run", PIPELINE, *common, "--output", clean, "--cache-dir", tmp_path / "cache_clean", "-q")
@@ -77,4 +85,4 @@ def test_kill_9_then_rerun_matches_uninterrupted(tmp_path):
     assert len(a) == 500 and a == b
     con = connect(killed)
     assert con.sql("select count(*) - count(distinct id) from selected").fetchall()[0][0] == 0
-    assert con.sql("select count(*) from rejected").fetchall()[0][0] == 7673 - 500
+    assert con.sql("select count(*) from rejected").fetchall()[0][0] == rows - 500
