@@ -140,13 +140,12 @@ class Residual:
         Built with a list of layers: a {layer: activations} dict instead."""
         import torch
 
-        from scorers.perplexity import _token_batches
+        from scorers.perplexity import _token_batches, padded_batch
 
         self.setup()
         lm, tok = self.host._lm, self.host._tok
         todo = sorted((i for i, t in enumerate(toks) if t is not None), key=lambda i: len(toks[i].ids))
         lengths = [len(t.ids) if t else 0 for t in toks]
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         captured: dict[int, object] = {}
         last = max(self.layers)
 
@@ -160,22 +159,14 @@ class Residual:
         handles = [self._layers[la].register_forward_hook(hook_for(la)) for la in set(self.layers)]
         try:
             for batch in _token_batches(todo, lengths, self.host.max_batch_tokens):
-                width = max(lengths[i] for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                rows, cols = [], []
-                for r, i in enumerate(batch):
-                    ids[r, :lengths[i]] = torch.tensor(toks[i].ids)
-                    mask[r, :lengths[i]] = 1
-                    rows += [r] * len(toks[i].keep)
-                    cols += toks[i].keep
+                ids, mask, r_t, c_t = padded_batch(tok, [toks[i].ids for i in batch],
+                                                   [toks[i].keep for i in batch])
                 with torch.inference_mode():
                     try:
                         lm(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device))
                     except _Stop:
                         pass
-                    r_t = torch.tensor(rows, device=lm.device)
-                    c_t = torch.tensor(cols, device=lm.device)
+                    r_t, c_t = r_t.to(lm.device), c_t.to(lm.device)
                     acts = {la: captured.pop(la)[r_t, c_t].float() for la in self.layers}
                 counts = [len(toks[i].keep) for i in batch]
                 yield batch, counts, (acts if self._many else acts[self.layer])

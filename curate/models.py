@@ -8,6 +8,7 @@ loads take a second, not ten); ``minilm`` is the sentence-transformers folder of
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -191,6 +192,7 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); there a small
     model in bf16 runs 1.6-2x faster than in float32. Elsewhere emulated bf16 is

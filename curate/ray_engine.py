@@ -32,7 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate.engine import Engine, Part, register_engine, score_rows
+from curate.engine import Engine, Part, read_part, register_engine, score_rows
 from curate.errors import CurateError
 from curate.scorer import Scorer
 
@@ -139,12 +139,13 @@ class RayEngine(Engine):
         if not wanted:
             return
         ds = read_parquet([str(p.path) for p in wanted]).select_columns(columns)
-        ids = [p.ids for p in wanted if p.ids is not None]
-        if sum(map(len, ids)) < sum(Part(p.path).rows for p in wanted):
+        rows = sum(p.rows for p in wanted)
+        if rows < sum(Part(p.path).rows for p in wanted):
             # some rows are not wanted: Ray pushes the id filter into the Parquet scan
+            ids = [p.ids if p.ids is not None else read_part(p, ["id"])["id"].combine_chunks()
+                   for p in wanted]
             ds = ds.filter(expr=col("id").is_in(pa.concat_arrays(
                 [i.cast(pa.string()) for i in ids]).to_pylist()))
-        rows = sum(p.rows for p in wanted)
         # blocks enough for every worker (a part is one block otherwise), not too small
         ds = ds.repartition(min(max(len(wanted), 4 * self.workers), max(1, rows // self.batch_rows)))
         r = scorer.resources

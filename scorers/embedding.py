@@ -137,6 +137,11 @@ class SentenceScorer(Scorer):
         return resolve(self.model).fingerprint
 
     def setup(self) -> None:
+        self._load_model()
+
+    def _load_model(self) -> None:
+        """The sentence model, shared in the process (``setup`` of a subclass may call
+        ``embed``, which needs only this)."""
         if self._st is None:
             key = (self.model, self.max_seq_length)
             if key not in _MODELS:
@@ -150,7 +155,7 @@ class SentenceScorer(Scorer):
                 "window_tokens": self.max_seq_length, "max_tokens": self.max_tokens}
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        SentenceScorer.setup(self)
+        self._load_model()
         return embed_texts(self._st, texts, self.max_tokens)
 
 

@@ -260,22 +260,12 @@ class Perplexity(Scorer):
                      out: list[tuple[float, int] | None]) -> None:
         import torch
 
-        pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
         base = getattr(lm, lm.base_model_prefix, None)
         head = lm.get_output_embeddings()
         device = lm.device
         for batch in batches:
-            width = max(len(seqs[i].ids) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows, cols = [], []
-            for r, i in enumerate(batch):
-                s = seqs[i]
-                ids[r, :len(s.ids)] = torch.tensor(s.ids)
-                mask[r, :len(s.ids)] = 1
-                rows += [r] * len(s.targets)
-                cols += s.targets
-            rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+            ids, mask, rows_t, cols_t = padded_batch(self._tok, [seqs[i].ids for i in batch],
+                                                     [seqs[i].targets for i in batch])
             with torch.inference_mode():
                 # one sequence needs no mask (a causal pass over all of it)
                 ids_d, mask_d = ids.to(device), (mask.to(device) if len(batch) > 1 else None)
@@ -384,6 +374,24 @@ def _exp(x: float) -> float | None:
 def _flags(results: list[dict]) -> dict[str, list]:
     return {"ppl_truncated": [r["truncated"] for r in results],
             "ppl_null_reason": [r["reason"] for r in results]}
+
+
+def padded_batch(tok, id_lists: list[list[int]], positions: list[list[int]]):
+    """One forward pass's input: (ids right-padded with the tokenizer's pad id, the
+    attention mask, and the row and column tensors of each sequence's ``positions``)."""
+    import torch
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    width = max(map(len, id_lists))
+    ids = torch.full((len(id_lists), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+    rows, cols = [], []
+    for r, (seq, pos) in enumerate(zip(id_lists, positions)):
+        ids[r, :len(seq)] = torch.tensor(seq)
+        mask[r, :len(seq)] = 1
+        rows += [r] * len(pos)
+        cols += pos
+    return ids, mask, torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
 
 
 def _token_batches(order: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
