@@ -51,12 +51,12 @@ class RowIds:
     row gets its occurrence number mixed in, so ids stay unique."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, int] = {}
+        self.seen: dict[int, int] = {}
 
     def __call__(self, content: str) -> str:
         h = hash_int(content)
-        n = self._seen.get(h, 0)
-        self._seen[h] = n + 1
+        n = self.seen.get(h, 0)
+        self.seen[h] = n + 1
         return f"{h:016x}" if n == 0 else hash_text(f"{content}#{n}")
 
 
@@ -175,6 +175,41 @@ def _same(original: pa.ChunkedArray, canonical: pa.Array) -> bool:
         return False
 
 
+@dataclass
+class IngestState:
+    """What ingesting a file takes from the files before it, in input order: the
+    dataset's kind (from the first file), the row ids handed out (a repeat of an
+    earlier row gets a different id) and each original column's type."""
+
+    kind: str | None = None
+    ids: RowIds = field(default_factory=RowIds)
+    bad_ids: RowIds = field(default_factory=RowIds)
+    types: dict[str, pa.DataType] = field(default_factory=dict)
+
+    def shares_with(self, later: IngestState) -> bool:
+        """Whether ``later`` (a file ingested on its own) could come out differently
+        after the files of ``self``: its kind, a repeated row or a column type clash."""
+        return ((later.kind is not None and self.kind not in (None, later.kind))
+                or not self.ids.seen.keys().isdisjoint(later.ids.seen)
+                or not self.bad_ids.seen.keys().isdisjoint(later.bad_ids.seen)
+                or any(self.types.get(k, t) != t for k, t in later.types.items()))
+
+    def then(self, later: IngestState) -> IngestState:
+        """The state after ``later``'s file, ingested after the files of ``self``."""
+        out = IngestState(self.kind or later.kind, RowIds(), RowIds(), {**later.types, **self.types})
+        for mine, theirs, into in ((self.ids, later.ids, out.ids),
+                                   (self.bad_ids, later.bad_ids, out.bad_ids)):
+            into.seen.update(mine.seen)
+            for h, n in theirs.seen.items():
+                into.seen[h] = into.seen.get(h, 0) + n
+        return out
+
+
+def check_kind(kind: str | None) -> None:
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
 def ingest(path: str | Path, *, kind: str | None = None, adapter: str | None = None,
            columns: dict[str, str] | None = None, chunk_rows: int = 10_000,
            on_rows: Callable[[int], None] | None = None
@@ -186,103 +221,111 @@ def ingest(path: str | Path, *, kind: str | None = None, adapter: str | None = N
     Raises InputError for problems with whole files: missing path, unreadable
     file, unknown layout, a file whose rows are all bad, mixed kinds.
     """
-    if kind is not None and kind not in KINDS:
-        raise InputError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    check_kind(kind)
     root = Path(path)
     found = scan(root)
-    files = found.files
-    forced = ad.get_adapter(adapter) if adapter else None
-    stats = IngestStats(files=[str(f) for f in files], kind=kind, skipped=found.skipped)
-    ids, bad_ids = RowIds(), RowIds()
-    seen_types: dict[str, pa.DataType] = {}
-    dataset_kind: str | None = kind
-    view = _mapper(columns)
-    for file in files:
-        rel = str(file.relative_to(root)) if file != root else file.name
-        file_ok = file_rows = 0
-        first_reason = None
-        chosen: ad.Adapter | None = forced
-        for chunk in read_chunks(file, chunk_rows):
-            if not chunk.rows and not chunk.errors:
-                continue
-            raws = [view(r) for r in chunk.rows]
-            if columns and chunk.rows and file_rows == 0:
-                names = set().union(*(r.keys() for r in chunk.rows))
-                missing = sorted(src for src in columns.values() if src not in names)
-                if missing:
-                    raise InputError(f"{file}: no column(s) {missing} to map; its columns are "
-                                     f"{sorted(names)}")
-            if chosen is None and raws:
-                chosen = ad.detect(raws, str(file), kind=kind)
-            canon, keep, rejected = [], [], []
-
-            def reject(reason: str, detail: str, content: Any) -> None:
-                nonlocal first_reason
-                first_reason = first_reason or reason
-                stats.bad_reasons[reason] = stats.bad_reasons.get(reason, 0) + 1
-                rid = bad_ids(_canonical_json({"bad": content}))
-                rejected.append({"id": f"bad-{rid}", "stage": "ingest", "reason": reason,
-                                 "detail": detail})
-
-            for where, message in chunk.errors:
-                reject("row does not parse", f"{rel} {where}: {message}", [rel, where])
-            if chosen is not None and raws:
-                stats.adapters[rel] = chosen.name
-                names = set().union(*(r.keys() for r in raws))
-                row_kind = chosen.kind_for(names)
-                if dataset_kind is None:
-                    dataset_kind = stats.kind = row_kind
-                out_kind = dataset_kind
-                if row_kind != out_kind and out_kind != "text":
-                    raise InputError(f"{file}: layout {chosen.name!r} gives {row_kind} rows but "
-                                     f"the dataset is {out_kind}; put different kinds in "
-                                     "different inputs")
-                for i, raw in enumerate(raws):
-                    try:
-                        chosen.check(raw)
-                        row = chosen.convert(raw)
-                        if out_kind == "text" and row_kind != "text":
-                            row = _as_text(row)
-                        ad.validate(out_kind, row)
-                    except (ad.BadRow, StopIteration, TypeError, AttributeError, KeyError) as err:
-                        reason = (str(err) if isinstance(err, ad.BadRow)
-                                  else f"malformed row ({type(err).__name__}: {err})")
-                        reject(reason, f"{rel} row {chunk.start + i}", chunk.rows[i])
-                        continue
-                    if out_kind != "text":
-                        row["tools"] = _tools(raw)
-                    if out_kind == "sft":
-                        row["label"] = _label(raw)
-                        stats.labeled_rows += row["label"] is not None
-                    row["id"] = ids(_canonical_json(row))
-                    canon.append(row)
-                    keep.append(i)
-            n = len(chunk.rows) + len(chunk.errors)
-            file_rows += n
-            file_ok += len(keep)
-            stats.rows_read += n
-            stats.rows_ok += len(keep)
-            table = None
-            if keep:
-                assert dataset_kind is not None
-                canonical = {name: pa.array([r[name] for r in canon], typ)
-                             for name, typ in CANONICAL[dataset_kind].items()}
-                cols = {"id": pa.array([r["id"] for r in canon], pa.string()), **canonical}
-                cols["source"] = pa.array([rel] * len(keep), pa.string())
-                cols["source_row"] = pa.array([chunk.start + i for i in keep], pa.int64())
-                cols["prompt_id"] = pa.array([_prompt_id(dataset_kind, r) for r in canon],
-                                             pa.string())
-                originals = _stable_types(_originals(chunk, keep, dataset_kind, canonical),
-                                          seen_types)
-                for name in originals.column_names:
-                    cols[name] = originals.column(name)
-                table = pa.table(cols)
-            if on_rows:
-                on_rows(n)
-            yield table, rejected, stats
-        if file_rows and not file_ok:
-            raise InputError(f"{file}: all {file_rows} rows are bad (first: {first_reason}); "
-                             "check that the file has the layout you expect")
+    stats = IngestStats(files=[str(f) for f in found.files], kind=kind, skipped=found.skipped)
+    state = IngestState(kind=kind)
+    for file in found.files:
+        yield from ingest_file(root, file, state, stats, kind=kind, adapter=adapter,
+                               columns=columns, chunk_rows=chunk_rows, on_rows=on_rows)
     if stats.rows_read == 0:
         raise InputError(f"{path}: the input has no rows")
-    stats.kind = dataset_kind
+    stats.kind = state.kind
+
+
+def ingest_file(root: Path, file: Path, state: IngestState, stats: IngestStats, *,
+                kind: str | None = None, adapter: str | None = None,
+                columns: dict[str, str] | None = None, chunk_rows: int = 10_000,
+                on_rows: Callable[[int], None] | None = None
+                ) -> Iterator[tuple[pa.Table | None, list[dict], IngestStats]]:
+    """``ingest`` for one ``file`` of the input at ``root``, after the files that gave
+    ``state`` (updated in place, as ``stats`` is)."""
+    forced = ad.get_adapter(adapter) if adapter else None
+    ids, bad_ids, seen_types = state.ids, state.bad_ids, state.types
+    view = _mapper(columns)
+    rel = str(file.relative_to(root)) if file != root else file.name
+    file_ok = file_rows = 0
+    first_reason = None
+    chosen: ad.Adapter | None = forced
+    for chunk in read_chunks(file, chunk_rows):
+        if not chunk.rows and not chunk.errors:
+            continue
+        raws = [view(r) for r in chunk.rows]
+        if columns and chunk.rows and file_rows == 0:
+            names = set().union(*(r.keys() for r in chunk.rows))
+            missing = sorted(src for src in columns.values() if src not in names)
+            if missing:
+                raise InputError(f"{file}: no column(s) {missing} to map; its columns are "
+                                 f"{sorted(names)}")
+        if chosen is None and raws:
+            chosen = ad.detect(raws, str(file), kind=kind)
+        canon, keep, rejected = [], [], []
+
+        def reject(reason: str, detail: str, content: Any) -> None:
+            nonlocal first_reason
+            first_reason = first_reason or reason
+            stats.bad_reasons[reason] = stats.bad_reasons.get(reason, 0) + 1
+            rid = bad_ids(_canonical_json({"bad": content}))
+            rejected.append({"id": f"bad-{rid}", "stage": "ingest", "reason": reason,
+                             "detail": detail})
+
+        for where, message in chunk.errors:
+            reject("row does not parse", f"{rel} {where}: {message}", [rel, where])
+        if chosen is not None and raws:
+            stats.adapters[rel] = chosen.name
+            names = set().union(*(r.keys() for r in raws))
+            row_kind = chosen.kind_for(names)
+            if state.kind is None:
+                state.kind = stats.kind = row_kind
+            out_kind = state.kind
+            if row_kind != out_kind and out_kind != "text":
+                raise InputError(f"{file}: layout {chosen.name!r} gives {row_kind} rows but "
+                                 f"the dataset is {out_kind}; put different kinds in "
+                                 "different inputs")
+            for i, raw in enumerate(raws):
+                try:
+                    chosen.check(raw)
+                    row = chosen.convert(raw)
+                    if out_kind == "text" and row_kind != "text":
+                        row = _as_text(row)
+                    ad.validate(out_kind, row)
+                except (ad.BadRow, StopIteration, TypeError, AttributeError, KeyError) as err:
+                    reason = (str(err) if isinstance(err, ad.BadRow)
+                              else f"malformed row ({type(err).__name__}: {err})")
+                    reject(reason, f"{rel} row {chunk.start + i}", chunk.rows[i])
+                    continue
+                if out_kind != "text":
+                    row["tools"] = _tools(raw)
+                if out_kind == "sft":
+                    row["label"] = _label(raw)
+                    stats.labeled_rows += row["label"] is not None
+                row["id"] = ids(_canonical_json(row))
+                canon.append(row)
+                keep.append(i)
+        n = len(chunk.rows) + len(chunk.errors)
+        file_rows += n
+        file_ok += len(keep)
+        stats.rows_read += n
+        stats.rows_ok += len(keep)
+        table = None
+        if keep:
+            assert state.kind is not None
+            canonical = {name: pa.array([r[name] for r in canon], typ)
+                         for name, typ in CANONICAL[state.kind].items()}
+            cols = {"id": pa.array([r["id"] for r in canon], pa.string()), **canonical}
+            cols["source"] = pa.array([rel] * len(keep), pa.string())
+            cols["source_row"] = pa.array([chunk.start + i for i in keep], pa.int64())
+            cols["prompt_id"] = pa.array([_prompt_id(state.kind, r) for r in canon],
+                                         pa.string())
+            originals = _stable_types(_originals(chunk, keep, state.kind, canonical),
+                                      seen_types)
+            for name in originals.column_names:
+                cols[name] = originals.column(name)
+            table = pa.table(cols)
+        if on_rows:
+            on_rows(n)
+        yield table, rejected, stats
+    if file_rows and not file_ok:
+        raise InputError(f"{file}: all {file_rows} rows are bad (first: {first_reason}); "
+                         "check that the file has the layout you expect")

@@ -13,9 +13,15 @@ the same ids, the same selected rows and the same rejected reasons as a local ru
   (fractional where a small model shares a GPU). Only ``id`` + score columns come
   back to the driver. A worker that dies mid-batch is retried by Ray; the runner's
   cache keeps one score per id, so no row is lost or counted twice.
-- ``ingest`` and ``read_rows`` are the local engine's (the driver writes the data
-  parts to the run directory, which every node must see: a shared filesystem on a
-  multi-node cluster).
+- ``ingest``: one Ray task per input file turns it into canonical data parts. A
+  file's ids, kind and column types can depend on the files before it (a row
+  repeated from an earlier file gets another id); the driver checks each file's
+  result against the files before it, in input order, and ingests the few files
+  that clash once more, after those files, so the parts and ids are the local
+  engine's. The data parts go to the run directory, which every node must see (a
+  shared filesystem on a multi-node cluster).
+- ``read_rows`` is the local engine's (decision steps read texts only of the rows
+  they need, by id).
 
 Connect to a running cluster with ``address`` (``ray://HOST:10001`` or
 ``HOST:6379``), or the ``RAY_ADDRESS`` environment variable; with neither, a local
@@ -27,14 +33,21 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate.engine import Engine, Part, read_part, register_engine, score_rows
-from curate.errors import CurateError
+from curate.errors import CurateError, InputError
+from curate.ingest import IngestState, IngestStats, check_kind, ingest_file
+from curate.readers import scan
+from curate.run import write_table
 from curate.scorer import Scorer
+from curate.steps import Read
 
 INSTALL = "pip install -e '.[ray]'"
 
@@ -58,6 +71,35 @@ def _probe(address: str, timeout: float = 5.0) -> None:
     except (OSError, ValueError) as err:
         raise CurateError(f"cannot connect to the Ray cluster at {address}: {err} (is a head "
                           "node running there? start one with `ray start --head`)") from err
+
+
+def _ingest_task(source: Read, file: str, index: int, staging: str, state: IngestState,
+                 chunk_rows: int) -> tuple[IngestStats, IngestState, list[dict], list[str]]:
+    """A Ray task: ingest one input file after the files that gave ``state``; its
+    parts are written as ``staging/fNNNNN-CCCCC.parquet`` (CCCCC counts its chunks)."""
+    for old in Path(staging).glob(f"f{index:05d}-*.parquet"):  # from a first try
+        old.unlink()
+    stats = IngestStats(kind=source.kind)
+    records: list[dict] = []
+    names: list[str] = []
+    for c, (table, bad, _) in enumerate(ingest_file(
+            Path(source.path), Path(file), state, stats, kind=source.kind, adapter=source.adapter,
+            columns=source.columns, chunk_rows=chunk_rows)):
+        name = f"f{index:05d}-{c:05d}.parquet"
+        if table is not None:
+            write_table(table, Path(staging) / name)
+        names.append(name if table is not None else "")
+        records.extend(bad)
+    return stats, state, records, names
+
+
+def _get(ray, ref):
+    """``ray.get``, raising a curate error from the task as itself (one line, not Ray's
+    traceback)."""
+    try:
+        return ray.get(ref)
+    except CurateError as err:  # Ray's wrapper is an instance of the cause's class too
+        raise getattr(err, "cause", err) from None
 
 
 _TASK_SCORERS: dict[str, Scorer] = {}  # per worker process: scorers set up by earlier tasks
@@ -120,6 +162,62 @@ class RayEngine(Engine):
         self.cluster = ray.cluster_resources()
         self.workers = max(1, int(self.cluster.get("CPU", 1)))
 
+    def ingest(self, source: Read, staging: Path,
+               on_rows: Callable[[int], None] = lambda n: None) -> tuple[IngestStats, list[dict]]:
+        """The local engine's ingest, one Ray task per input file (see the module docstring)."""
+        ray = _ray()
+        check_kind(source.kind)
+        found = scan(source.path)
+        if len(found.files) < 2:  # nothing to spread: the local engine's ingest
+            return super().ingest(source, staging, on_rows)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        task = ray.remote(num_cpus=1)(_ingest_task)
+
+        def submit(i: int, state: IngestState):
+            return task.remote(source, str(found.files[i]), i, str(staging), state, self.chunk_rows)
+
+        first = [submit(i, IngestState(kind=source.kind)) for i in range(len(found.files))]
+        pending = {ref: i for i, ref in enumerate(first)}
+        results: list[Any] = [None] * len(first)
+        while pending:  # progress as files finish, in any order
+            (ref,), _ = ray.wait(list(pending))
+            i = pending.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+                on_rows(results[i][0].rows_read)
+            except CurateError:
+                pass  # raised again below, in input order
+        before = IngestState(kind=source.kind)  # the state after the files so far
+        again: dict[int, Any] = {}
+        for i in range(len(first)):
+            if results[i] is None:  # the file failed on its own: fails or not after the rest
+                results[i] = _get(ray, submit(i, before))
+            elif before.shares_with(results[i][1]):
+                again[i] = submit(i, before)
+            before = before.then(results[i][1])
+        for i, ref in again.items():
+            results[i] = _get(ray, ref)
+        if not any(r[0].rows_read for r in results):
+            raise InputError(f"{source.path}: the input has no rows")
+        stats = IngestStats(files=[str(f) for f in found.files], kind=before.kind,
+                            skipped=found.skipped)
+        records: list[dict] = []
+        n = 0
+        for file_stats, _, file_records, names in results:
+            for name in names:  # the local engine's part numbering
+                if name:
+                    (staging / name).rename(staging / f"part-{n:05d}.parquet")
+                n += 1
+            records.extend(file_records)
+            stats.adapters.update(file_stats.adapters)
+            stats.rows_read += file_stats.rows_read
+            stats.rows_ok += file_stats.rows_ok
+            stats.labeled_rows += file_stats.labeled_rows
+            for reason, k in file_stats.bad_reasons.items():
+                stats.bad_reasons[reason] = stats.bad_reasons.get(reason, 0) + k
+        return stats, records
+
     def check_resources(self, scorer: Scorer) -> None:
         """CurateError, instead of a run that waits forever, when no node can give one
         replica of ``scorer`` what it declares."""
@@ -138,7 +236,10 @@ class RayEngine(Engine):
         wanted = [p for p in parts if p.rows]
         if not wanted:
             return
-        ds = read_parquet([str(p.path) for p in wanted]).select_columns(columns)
+        # the schema of only these columns: parts may differ in an original column's type
+        schema = pq.read_schema(wanted[0].path)
+        ds = read_parquet([str(p.path) for p in wanted], columns=columns,
+                          schema=pa.schema([schema.field(c) for c in columns]))
         rows = sum(p.rows for p in wanted)
         if rows < sum(Part(p.path).rows for p in wanted):
             # some rows are not wanted: Ray pushes the id filter into the Parquet scan

@@ -51,6 +51,37 @@ def test_preference_pipeline_same_as_local(cluster, tmp_path):
     assert man["scorers"]["text_stats"]["setup"]["replicas"] == 1  # one actor
 
 
+def test_ingest_of_many_files_same_as_local(cluster, tmp_path):
+    """One Ray task per file; files that depend on the ones before them (rows repeated
+    from an earlier file, a column whose type changes, a bad JSONL line) come out as
+    the local engine's: the same parts, ids, columns and rejected records."""
+    rows = pl.read_parquet(DATA / "llamafactory" / "alpaca_en_demo.parquet")
+    src = tmp_path / "in"
+    (src / "b").mkdir(parents=True)
+    rows[:120].with_columns(rating=pl.int_range(120)).write_parquet(src / "a.parquet")
+    rows[100:220].write_ndjson(src / "b" / "c.jsonl")  # 20 rows repeat a.parquet's
+    rows[220:260].with_columns(rating=pl.lit("good")).write_ndjson(src / "d.jsonl")
+    with open(src / "d.jsonl", "a") as f:
+        f.write('{"instruction": "cut off\n')  # a line that does not parse
+    pipe = read(src).score("quality")
+    runs = {e: pipe.write(tmp_path / e, engine=e, cache_dir=False, quiet=True)
+            for e in ("local", "ray")}
+    same_run(runs["local"].path, runs["ray"].path)
+    parts = {e: sorted(p.name for p in (r.path / "data").glob("*.parquet")) for e, r in runs.items()}
+    assert parts["local"] == parts["ray"] == ["part-00000.parquet", "part-00001.parquet",
+                                              "part-00002.parquet"]
+    for name in parts["ray"]:
+        a, b = (pl.read_parquet(runs[e].path / "data" / name) for e in ("local", "ray"))
+        assert a.equals(b), name
+    data = [pl.read_parquet(runs["ray"].path / "data" / name) for name in parts["ray"]]
+    assert [d.height for d in data] == [120, 120, 40]
+    assert pl.concat([d["id"] for d in data]).n_unique() == 280  # repeated rows, new ids
+    assert data[0]["rating"].to_list() == list(range(120)) and "rating" not in data[1].columns
+    assert data[2]["rating"].to_list() == ["good"] * 40  # not an int: kept as text
+    man = runs["ray"].manifest()
+    assert man["counts"] == {"input": 281, "ingest_rejected": 1, "selected": 280, "rejected": 1}
+
+
 def test_worker_death_is_retried_without_losing_rows(cluster, tmp_path):
     marker = tmp_path / "died"
     run = read(SFT).score("test_faulty", die_marker=str(marker)).write(
@@ -95,6 +126,19 @@ def test_bad_ray_inputs(cluster, tmp_path, monkeypatch):
     with pytest.raises(CurateError, match=r"needs 1 GPU\(s\) per replica but the Ray cluster has 0"):
         read(SFT).score("perplexity", device="cuda").write(tmp_path / "gpu", engine="ray",
                                                           cache_dir=False, quiet=True)
+    # a file of only bad rows among good ones: the local engine's error, as itself
+    src = tmp_path / "in"
+    src.mkdir()
+    pl.read_parquet(DATA / "llamafactory" / "alpaca_en_demo.parquet")[:50].write_parquet(
+        src / "a.parquet")
+    (src / "b.jsonl").write_text('{"instruction": "x", "output": ""}\n' * 3)
+    errors = []
+    for engine in ("local", "ray"):
+        with pytest.raises(CurateError) as err:
+            read(src).write(tmp_path / engine, engine=engine, cache_dir=False, quiet=True)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and "b.jsonl: all 3 rows are bad" in errors[1]
+    assert type(err.value).__name__ == "InputError"
     # Ray not installed: one line naming the extra
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(CurateError, match=r"the ray engine needs Ray: pip install -e '\.\[ray\]'"):
