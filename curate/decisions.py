@@ -3,13 +3,15 @@
 A decision step (``exact``, ``minhash``, ``semantic``, ``decontaminate``) is
 added to a pipeline as the score step it needs plus a ``Dedup`` step; the plan
 runner hands its ``decide`` the compact frame of alive rows (only the columns
-the step declares) and a row reader from the engine. Each step's ``options``
+the step declares) and ``Access`` to the engine: rows by id, and a group-wise map
+that runs where the engine runs (on a cluster for the Ray engine). Each step's ``options``
 table holds every option and its default, read by the DSL and the CLI alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import polars as pl
@@ -22,6 +24,19 @@ from curate.steps import Dedup, Score
 RowReader = Callable[[list[str], list[str] | None], Iterator[pa.Table]]
 #: A sink for one line of progress or advice (the run's log).
 Say = Callable[[str], None]
+#: ``map_groups(table, key, fn)``: ``fn`` over pieces of ``table`` that each hold every
+#: row of their values of the integer column ``key``; the results concatenated.
+GroupMap = Callable[[pa.Table, str, Callable[[pa.Table], pa.Table]], pa.Table]
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a decision step may ask of the engine and the run."""
+
+    rows: RowReader
+    map_groups: GroupMap
+    say: Say
+
 
 class DecisionStep:
     """One kind of decision step: the score it needs, the columns it reads, the decision."""
@@ -49,7 +64,7 @@ class DecisionStep:
                     f"{', '.join(sorted(available))}")
         return None
 
-    def decide(self, frame: pl.DataFrame, options: dict[str, Any], rows: RowReader, say: Say):
+    def decide(self, frame: pl.DataFrame, options: dict[str, Any], access: Access):
         """The ``selection.Decision`` over ``frame`` (alive rows, in input order)."""
         raise NotImplementedError
 
@@ -98,7 +113,7 @@ class Exact(DecisionStep):
     def columns(self, o):
         return ["exact_hash", *super().columns(o)]
 
-    def decide(self, frame, o, rows, say):
+    def decide(self, frame, o, access):
         from curate import dedup
 
         return dedup.exact(frame, keep=o["keep"])
@@ -129,20 +144,21 @@ class MinHash(DecisionStep):
         return ["minhash_bands", "minhash_sketch", "minhash_chars", "minhash_shingles",
                 *super().columns(o)]
 
-    def decide(self, frame, o, rows, say):
+    def decide(self, frame, o, access):
         from curate import dedup
         from curate.text import field_texts
 
-        say(f"dedup minhash: {dedup.tradeoff(o['threshold'], o['bands'], o['rows'])}")
+        access.say(f"dedup minhash: {dedup.tradeoff(o['threshold'], o['bands'], o['rows'])}")
 
         def texts(ids: list[str]) -> dict[str, str]:
             out: dict[str, str] = {}
-            for table in rows(ids, None):
+            for table in access.rows(ids, None):
                 out.update(zip(table["id"].to_pylist(), field_texts(table, o["fields"])))
             return out
 
         return dedup.minhash(frame, threshold=o["threshold"], keep=o["keep"], verify=o["verify"],
-                             texts=texts, ngram=o["ngram"], shingle=o["shingle"])
+                             texts=texts, ngram=o["ngram"], shingle=o["shingle"],
+                             map_groups=access.map_groups)
 
 
 @decision
@@ -158,7 +174,7 @@ class Semantic(DecisionStep):
     def columns(self, o):
         return ["embedding", *super().columns(o)]
 
-    def decide(self, frame, o, rows, say):
+    def decide(self, frame, o, access):
         from curate import dedup
 
         return dedup.semantic(frame, eps=o["eps"], keep=o["keep"], n_clusters=o["n_clusters"],
@@ -180,7 +196,7 @@ class Decontaminate(DecisionStep):
     def columns(self, o):
         return ["contamination_eval", "contamination_ngram"]
 
-    def decide(self, frame, o, rows, say):
+    def decide(self, frame, o, access):
         from curate.selection import Decision
 
         keep = frame["contamination_eval"].is_null()

@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.selection import Decision
 from curate.text import shingles
+
+if TYPE_CHECKING:
+    from curate.decisions import GroupMap
 
 
 # --- LSH parameters -----------------------------------------------------------------
@@ -234,22 +240,41 @@ def check_shingles(frame: pl.DataFrame, shingle: str, ngram: int) -> str | None:
     return msg
 
 
-def _pairs(frame: pl.DataFrame, max_bucket_pairs: int) -> np.ndarray:
-    """Candidate pairs (i < j, row indexes): rows sharing a band hash."""
-    idx = frame.select(pl.int_range(pl.len()).alias("_n"), "minhash_bands")
-    exploded = (idx.drop_nulls("minhash_bands")
-                .with_columns(_band=pl.int_ranges(pl.col("minhash_bands").list.len()))
-                .explode(["minhash_bands", "_band"]))
-    buckets = (exploded.group_by(["_band", "minhash_bands"])
-               .agg(pl.col("_n").sort()).filter(pl.col("_n").list.len() > 1)["_n"].to_list())
-    pairs = set()
-    for members in buckets:
-        if len(members) <= max_bucket_pairs:
-            pairs.update((members[i], members[j]) for i in range(len(members))
-                         for j in range(i + 1, len(members)))
-        else:  # a huge bucket: connect everyone to its first member
-            pairs.update((members[0], m) for m in members[1:])
-    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+def band_keys(frame: pl.DataFrame) -> pa.Table:
+    """One row per (row index, LSH band): ``row``, ``band`` and the band's ``hash``."""
+    idx = frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "minhash_bands")
+    return (idx.drop_nulls("minhash_bands")
+            .with_columns(band=pl.int_ranges(pl.col("minhash_bands").list.len(), dtype=pl.Int32))
+            .explode(["minhash_bands", "band"]).rename({"minhash_bands": "hash"})
+            .select("row", "band", "hash").to_arrow())
+
+
+def bucket_pairs(keys: pa.Table, max_bucket_pairs: int = 50) -> pa.Table:
+    """Candidate pairs ``a`` < ``b`` of the rows in ``keys`` (``band_keys``) that share a
+    band hash: every pair within a bucket of at most ``max_bucket_pairs`` rows, and each
+    row of a larger bucket joined to its first row."""
+    df = pl.from_arrow(keys)
+    bucket = ["band", "hash"]
+    df = df.join(df.group_by(bucket).agg(k=pl.len(), first=pl.col("row").min())
+                 .filter(pl.col("k") > 1), on=bucket)
+    small = df.filter(pl.col("k") <= max_bucket_pairs).select("row", *bucket)
+    pairs = pl.concat([
+        small.join(small, on=bucket, suffix="_b").filter(pl.col("row") < pl.col("row_b"))
+        .select(a="row", b="row_b"),
+        df.filter((pl.col("k") > max_bucket_pairs) & (pl.col("row") != pl.col("first")))
+        .select(a="first", b="row")])
+    return pairs.unique().to_arrow()
+
+
+def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | None = None
+           ) -> np.ndarray:
+    """Candidate pairs (i < j, row indexes, sorted): rows sharing a band hash, grouped by
+    hash with ``map_groups`` (the engine's; here in this process by default)."""
+    keys = band_keys(frame)
+    fn = partial(bucket_pairs, max_bucket_pairs=max_bucket_pairs)
+    pairs = pl.from_arrow(map_groups(keys, "hash", fn) if map_groups else fn(keys))
+    pairs = pairs.unique().sort("a", "b")
+    return np.column_stack([pairs["a"].to_numpy(), pairs["b"].to_numpy()]).astype(np.int64).reshape(-1, 2)
 
 
 def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]:
@@ -270,7 +295,8 @@ def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]
 
 def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
             texts: Callable[[list[str]], dict[str, str]] | None = None, ngram: int = 5,
-            shingle: str = "word", max_bucket_pairs: int = 50) -> Decision:
+            shingle: str = "word", max_bucket_pairs: int = 50,
+            map_groups: GroupMap | None = None) -> Decision:
     """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
     candidate pairs whose exact Jaccard of shingles is >= ``threshold`` are joined.
 
@@ -282,7 +308,7 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
     check_threshold(threshold)
     check_shingles(frame, shingle, ngram)
     n = frame.height
-    edges = _pairs(frame, max_bucket_pairs)
+    edges = _pairs(frame, max_bucket_pairs, map_groups)
     ids = frame["id"].to_numpy()
     how = ""
     if verify and len(edges):

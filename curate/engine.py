@@ -7,7 +7,9 @@ and running on a cluster:
   of the parts, as tables of ``id`` + score columns + ``_error``, in any order
   (``score_rows`` makes such a table from a batch);
 - ``read_rows(parts, columns)``: the wanted rows of the parts (for decision steps
-  that look at texts, such as MinHash verification).
+  that look at texts, such as MinHash verification);
+- ``map_groups(table, key, fn)``: a function over groups of a compact table (for
+  decision steps: MinHash candidate pairs are a group-by over band hashes).
 
 An engine sizes its workers from each scorer's declared ``resources`` and runs
 ``setup()`` where the batches run. Engines register under a short name
@@ -131,6 +133,11 @@ class Engine(ABC):
         """The ``columns`` of the wanted rows, one table per part."""
         for part in parts:
             yield read_part(part, columns)
+
+    def map_groups(self, table: pa.Table, key: str, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+        """``fn`` over pieces of ``table`` that each hold every row of their values of
+        the integer column ``key``, the results concatenated (here: one piece)."""
+        return fn(table)
 
 
 ENGINES: dict[str, type[Engine]] = {}

@@ -22,6 +22,10 @@ the same ids, the same selected rows and the same rejected reasons as a local ru
   shared filesystem on a multi-node cluster).
 - ``read_rows`` is the local engine's (decision steps read texts only of the rows
   they need, by id).
+- ``map_groups``: a Ray Data group-by (hash shuffle) over the key modulo a number of
+  pieces, so the function runs once per piece on the cluster, not once per key value.
+  MinHash candidate pairs are made this way from the band hashes; only the compact
+  band table goes out and the pairs come back.
 
 Connect to a running cluster with ``address`` (``ray://HOST:10001`` or
 ``HOST:6379``), or the ``RAY_ADDRESS`` environment variable; with neither, a local
@@ -38,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -217,6 +222,23 @@ class RayEngine(Engine):
             for reason, k in file_stats.bad_reasons.items():
                 stats.bad_reasons[reason] = stats.bad_reasons.get(reason, 0) + k
         return stats, records
+
+    def map_groups(self, table: pa.Table, key: str, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
+        import ray.data
+
+        if not table.num_rows:
+            return fn(table)
+        pieces = max(2, self.workers, table.num_rows // 1_000_000)
+        piece = pa.array(table.column(key).to_numpy() % pieces, pa.int64())
+        keyed = table.append_column("_piece", piece)
+        # blocks for the map side of the shuffle: a few, of at least 10k rows
+        bounds = np.linspace(0, keyed.num_rows, max(1, min(pieces, keyed.num_rows // 10_000)) + 1)
+        ds = ray.data.from_arrow([keyed.slice(int(a), int(b) - int(a))
+                                  for a, b in zip(bounds, bounds[1:])])
+        out = ds.groupby("_piece", num_partitions=pieces).map_groups(
+            lambda t: fn(t.drop_columns(["_piece"])), batch_format="pyarrow")
+        tables = [t for t in ray.get(out.to_arrow_refs()) if t.num_rows]
+        return pa.concat_tables(tables) if tables else fn(table.slice(0, 0))
 
     def check_resources(self, scorer: Scorer) -> None:
         """CurateError, instead of a run that waits forever, when no node can give one

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from curate import selection
 from curate.bounds import plan_bounds
 from curate.cache import ScorerCache
-from curate.decisions import get_decision
+from curate.decisions import Access, get_decision
 from curate.engine import ERROR, Engine, Part, get_engine
 from curate.errors import CurateError, RunError
 from curate.explain import filter_detail
@@ -383,7 +383,7 @@ class PlanRunner:
             return self.engine.read_rows(parts_of(where.filter(pl.col("id").is_in(ids)), self.data),
                                          cols)
 
-        return decision.decide(frame, step.options, rows, self.log.info)
+        return decision.decide(frame, step.options, Access(rows, self.engine.map_groups, self.log.info))
 
     def _write_outputs(self, run: Run, frame: pl.DataFrame, rejected: pl.DataFrame,
                        parts: list[Path]) -> None:

@@ -82,6 +82,23 @@ def test_ingest_of_many_files_same_as_local(cluster, tmp_path):
     assert man["counts"] == {"input": 281, "ingest_rejected": 1, "selected": 280, "rejected": 1}
 
 
+def test_minhash_candidate_pairs_by_a_distributed_group_by(cluster, tmp_path):
+    """The band-hash group-by runs as a Ray Data shuffle in pieces; its pairs equal the
+    in-process group-by's, big buckets (joined to their first row) included."""
+    from curate.dedup import band_keys, bucket_pairs
+    from curate.engine import get_engine
+
+    run = read(DATA / "gpteacher" / "toolformer_dedupe.parquet").score("minhash").write(
+        tmp_path / "r", cache_dir=False, quiet=True)
+    keys = band_keys(pl.from_arrow(run.table("scores", columns=["minhash_bands"])))
+    assert keys.num_rows > 10_000
+    for most in (50, 3):
+        local = pl.from_arrow(bucket_pairs(keys, most)).sort("a", "b")
+        spread = pl.from_arrow(get_engine("ray").map_groups(
+            keys, "hash", lambda t: bucket_pairs(t, most))).unique().sort("a", "b")
+        assert local.height > 500 and spread.equals(local)
+
+
 def test_worker_death_is_retried_without_losing_rows(cluster, tmp_path):
     marker = tmp_path / "died"
     run = read(SFT).score("test_faulty", die_marker=str(marker)).write(
