@@ -3,7 +3,7 @@
 On a terminal a progress bar is a tqdm bar that redraws itself in place. When
 stderr is not a terminal (a log file, CI, a pipe) a bar prints plain lines
 instead, never carriage returns: ``score perplexity: 128/280 rows (46%, 3.1
-rows/s, 41 s)`` at most every ``CURATE_PROGRESS_INTERVAL`` seconds (default 10),
+rows/s, 41 s, about 49 s left, ...)`` at most every ``CURATE_PROGRESS_INTERVAL`` seconds (default 10),
 and a last line when it is done if it printed any. ``CURATE_PROGRESS=plain`` or
 ``=bar`` chooses one regardless of the terminal.
 
@@ -82,6 +82,10 @@ class PlainProgress:
         """Extra figures for the next line (e.g. loss), as tqdm's ``set_postfix``."""
         self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
 
+    def set_postfix_str(self, text: str) -> None:
+        """Extra text for the next line, as tqdm's ``set_postfix_str``."""
+        self.postfix = text
+
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.disable:
@@ -101,6 +105,8 @@ class PlainProgress:
             rate = self.n / elapsed
             bits.append(f"{rate:,.1f} {self.unit}/s" if rate < 100 else f"{rate:,.0f} {self.unit}/s")
         bits.append(f"{elapsed:.0f} s")
+        if self.total and self.n and not done and self.n < self.total:
+            bits.append(f"about {(self.total - self.n) * elapsed / self.n:.0f} s left")
         if self.postfix:
             bits.append(self.postfix)
         print(f"{self.desc}: {'done, ' if done else ''}{self.n:,}{of} {self.unit} ({', '.join(bits)})",

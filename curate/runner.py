@@ -324,9 +324,15 @@ class PlanRunner:
         if todo.height:
             self._fit(scorer)
             self.log.info(f"score {scorer.name}: loading")
+            tokens, begun = 0, time.monotonic()
             with self.log.bar(f"score {scorer.name}", total=todo.height) as bar:
                 for scores in self.engine.map_batches(scorer, parts_of(todo, self.data),
                                                       ["id", *scorer.inputs(self.kind)]):
+                    if scorer.token_columns:
+                        tokens += sum(pc.sum(scores[c]).as_py() or 0 for c in scorer.token_columns
+                                      if c in scores.column_names)
+                        rate = tokens / max(time.monotonic() - begun, 1e-9)
+                        bar.set_postfix_str(f"{tokens:,} answer tokens, {rate:,.0f} tokens/s")
                     bar.update(scores.num_rows)
                     if ERROR in scores.column_names:
                         bad = pc.is_valid(scores[ERROR])
@@ -349,8 +355,13 @@ class PlanRunner:
         info["failed"] = errors.height
         info["seconds"] = round(time.monotonic() - t, 3)
         info["peak_rss_mb"] = peak_rss_mb()
+        speed = ""
+        if todo.height and scorer.token_columns:
+            info["answer_tokens"] = tokens
+            info["tokens_per_s"] = round(tokens / max(time.monotonic() - begun, 1e-9), 1)
+            speed = f"; {tokens:,} answer tokens, {info['tokens_per_s']:,.0f} tokens/s"
         self.log.info(f"score {scorer.name}: {alive.height} rows, {info['from_cache']} from cache, "
-                      f"{info['computed']} computed ({info['seconds']} s)")
+                      f"{info['computed']} computed ({info['seconds']} s{speed})")
         if errors.height:
             self.log.info(f"score {scorer.name}: {errors.height} row(s) rejected because the scorer "
                           f"raised on them (first: {errors[ERROR][0]})")

@@ -52,6 +52,9 @@ class Scorer:
     # rows per batch the scorer asks for (None: the engine's); model scorers on a CPU ask
     # for few, so progress moves every few seconds
     batch_rows: ClassVar[int | None] = None
+    # score columns that count the answer tokens a model scored for a row: progress and
+    # the manifest then give tokens and tokens/s
+    token_columns: ClassVar[tuple[str, ...]] = ()
 
     def config(self) -> dict[str, Any]:
         """The parameters that change the scores (part of the cache key)."""

@@ -86,6 +86,8 @@ class Perplexity(Scorer):
     name: ClassVar[str] = "perplexity"
     version: ClassVar[str] = "1"
     columns: ClassVar[dict[str, pa.DataType]] = COLUMNS["sft"]
+    token_columns: ClassVar[tuple[str, ...]] = ("response_tokens", "chosen_response_tokens",
+                                                "rejected_response_tokens", "tokens")
 
     model: str = "smollm2-135m"
     dtype: str | None = None  # None: bfloat16 on CUDA and native-bf16 CPUs, else float32
@@ -269,16 +271,16 @@ class Perplexity(Scorer):
             with torch.inference_mode():
                 # one sequence needs no mask (a causal pass over all of it)
                 ids_d, mask_d = ids.to(device), (mask.to(device) if len(batch) > 1 else None)
-                if base is not None and head is not None:
+                rows_d, cols_d = rows_t.to(device), cols_t.to(device)
+                if base is not None and head is not None:  # the LM head only where scored
                     hidden = base(input_ids=ids_d, attention_mask=mask_d).last_hidden_state
-                    logits = head(hidden[rows_t.to(device), cols_t.to(device) - 1])
+                    at = hidden[rows_d, cols_d - 1]
                 else:
-                    logits = lm(input_ids=ids_d, attention_mask=mask_d).logits[
-                        rows_t.to(device), cols_t.to(device) - 1]
-                lp = torch.log_softmax(logits.float(), dim=-1)
-                tok_lp = lp.gather(1, ids_d[rows_t.to(device), cols_t.to(device)][:, None])[:, 0]
+                    head = None
+                    at = lm(input_ids=ids_d, attention_mask=mask_d).logits[rows_d, cols_d - 1]
+                tok_lp = _target_logprobs(at, head, ids_d[rows_d, cols_d])
                 sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
-                sums.index_add_(0, rows_t.to(device), tok_lp.double())
+                sums.index_add_(0, rows_d, tok_lp)
             for r, i in enumerate(batch):
                 out[i] = (float(sums[r]), len(seqs[i].targets))
 
@@ -374,6 +376,21 @@ def _exp(x: float) -> float | None:
 def _flags(results: list[dict]) -> dict[str, list]:
     return {"ppl_truncated": [r["truncated"] for r in results],
             "ppl_null_reason": [r["reason"] for r in results]}
+
+
+def _target_logprobs(at, head, targets, chunk: int = 256):
+    """log p(target) at each scored position: ``at`` holds the positions' hidden states
+    (projected by ``head``) or, with ``head`` None, their logits. Done ``chunk``
+    positions at a time, so the float32 vocabulary-wide logits of a long answer never
+    exist at once (49k x 4 bytes a position for SmolLM2)."""
+    import torch
+
+    out = torch.empty(len(targets), dtype=torch.float64, device=targets.device)
+    for s in range(0, len(targets), chunk):
+        logits = (head(at[s:s + chunk]) if head is not None else at[s:s + chunk]).float()
+        picked = logits.gather(1, targets[s:s + chunk, None])[:, 0]
+        out[s:s + chunk] = (picked - torch.logsumexp(logits, dim=-1)).double()
+    return out
 
 
 def padded_batch(tok, id_lists: list[list[int]], positions: list[list[int]]):

@@ -190,3 +190,14 @@ def test_progress_moves_during_a_model_scorer(tmp_path):
                       env={"CURATE_PROGRESS": "plain", "CURATE_PROGRESS_INTERVAL": "0"})
     done = [int(m[1]) for m in re.finditer(r"score perplexity: (\d+)/48 rows", proc.stderr)]
     assert len(set(done)) >= 5 and min(done) <= 8 and max(done) == 48, proc.stderr[-2000:]
+    # each line has the answer tokens so far, tokens/s and the time left
+    lines = [ln for ln in proc.stderr.splitlines() if re.match(r"score perplexity: \d+/48 rows", ln)]
+    assert all(re.search(r"[\d,]+ answer tokens, [\d,]+ tokens/s", ln) for ln in lines), lines
+    assert any("s left" in ln for ln in lines), lines
+    scores = pl.read_parquet(tmp_path / "P" / "scores")
+    man = json.loads((tmp_path / "P" / "manifest.json").read_text())["scorers"]["perplexity"]
+    assert man["answer_tokens"] == scores["response_tokens"].sum() > 48
+    assert man["tokens_per_s"] > 0 and man["peak_rss_mb"]["main"] > 0
+    final = re.search(r"score perplexity: 48 rows, .*; ([\d,]+) answer tokens, [\d,]+ tokens/s",
+                      proc.stderr)
+    assert final and int(final[1].replace(",", "")) == man["answer_tokens"]
