@@ -141,12 +141,28 @@ def test_shared_opening_different_tail_is_clearly_below_one(emb):
 
 
 def test_one_window_texts_are_embedded_as_sentence_transformers_does(emb):
-    """Windowing changes nothing for a text that fits one window."""
+    """Windowing changes nothing for a text that fits one window (in float32, as
+    ``encode`` runs)."""
     outs, _, n = long_answers(emb)
     short = [o for o, k in zip(outs, n) if k <= WINDOW_TEXT][:20] + [""]
     assert len(short) == 21
-    diff = np.abs(emb.embed(short) - first_window_only(emb, short)).max()
+    fp32 = Embedding(dtype="float32")
+    fp32._st = emb._st
+    diff = np.abs(fp32.embed(short) - first_window_only(emb, short)).max()
     assert diff < 1e-5
+
+
+def test_bf16_embeddings_agree_with_float32(emb):
+    """bf16 autocast (the default on GPUs and native-bf16 CPUs) against float32 on real
+    answers, long ones in several windows: cosine >= 0.999 each, and the same nearest
+    neighbours; the dtype is part of the cache key."""
+    outs, _, _ = long_answers(emb)
+    e32, e16 = Embedding(dtype="float32"), Embedding(dtype="bfloat16")
+    e32._st = e16._st = emb._st
+    a, b = e32.embed(outs), e16.embed(outs)
+    assert len(outs) >= 40 and (a * b).sum(1).min() >= 0.999
+    assert ((a @ a.T).argsort(1)[:, -2] == (b @ b.T).argsort(1)[:, -2]).mean() >= 0.95
+    assert e32.cache_key() != e16.cache_key()
 
 
 def test_max_tokens_caps_what_is_embedded(emb):
