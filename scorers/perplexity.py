@@ -265,9 +265,15 @@ class Perplexity(Scorer):
         base = getattr(lm, lm.base_model_prefix, None)
         head = lm.get_output_embeddings()
         device = lm.device
+        # On a CPU every new input shape makes the math library build (and keep) new
+        # kernels: memory grew by ~2 MB per distinct length. A lone sequence is padded at
+        # its end to a multiple of SHAPE_STEP tokens instead: causal attention keeps the
+        # padding from reaching the real tokens, and the shapes stay few (memory flat).
+        step = SHAPE_STEP if device.type == "cpu" else 1
         for batch in batches:
             ids, mask, rows_t, cols_t = padded_batch(self._tok, [seqs[i].ids for i in batch],
-                                                     [seqs[i].targets for i in batch])
+                                                     [seqs[i].targets for i in batch],
+                                                     step if len(batch) == 1 else 1)
             with torch.inference_mode():
                 # one sequence needs no mask (a causal pass over all of it)
                 ids_d, mask_d = ids.to(device), (mask.to(device) if len(batch) > 1 else None)
@@ -393,13 +399,17 @@ def _target_logprobs(at, head, targets, chunk: int = 256):
     return out
 
 
-def padded_batch(tok, id_lists: list[list[int]], positions: list[list[int]]):
-    """One forward pass's input: (ids right-padded with the tokenizer's pad id, the
-    attention mask, and the row and column tensors of each sequence's ``positions``)."""
+SHAPE_STEP = 64  # CPU: lone sequences are padded to a multiple of this many tokens
+
+
+def padded_batch(tok, id_lists: list[list[int]], positions: list[list[int]], multiple: int = 1):
+    """One forward pass's input: (ids right-padded with the tokenizer's pad id to a
+    ``multiple`` of tokens, the attention mask, and the row and column tensors of each
+    sequence's ``positions``)."""
     import torch
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    width = max(map(len, id_lists))
+    width = -(-max(map(len, id_lists)) // multiple) * multiple
     ids = torch.full((len(id_lists), width), pad, dtype=torch.long)
     mask = torch.zeros((len(id_lists), width), dtype=torch.long)
     rows, cols = [], []
