@@ -8,7 +8,7 @@ by a preference order; integer and token quotas over groups (``largest_remainder
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -24,13 +24,14 @@ TOKEN_COLUMN = "text_stats_tokens"
 class Decision:
     """What a strategy decided: ``keep`` per row, and for dropped rows optionally a
     ``reason``, the ``representative`` (id of the kept row that won over it) and
-    the ``cluster`` they share."""
+    the ``cluster`` they share; ``facts`` are figures for the manifest's stage entry."""
 
     keep: pl.Series
     reason: pl.Series | None = None
     representative: pl.Series | None = None
     cluster: pl.Series | None = None
     detail: pl.Series | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

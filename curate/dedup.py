@@ -309,6 +309,7 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
     check_shingles(frame, shingle, ngram)
     n = frame.height
     edges = _pairs(frame, max_bucket_pairs, map_groups)
+    facts = {"candidate_pairs": len(edges)}
     ids = frame["id"].to_numpy()
     how = ""
     if verify and len(edges):
@@ -323,6 +324,7 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
         union = size[edges[:, 0]] + size[edges[:, 1]] - inter
         ok = (inter >= threshold * union) & (union > 0)
         edges, sim = edges[ok], inter[ok] / union[ok]
+        facts["removed_by_verification"] = int((~ok).sum())
     elif len(edges):
         sim, how = _estimates(frame, edges)
     else:
@@ -344,7 +346,9 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
         for i, e in zip(dropped.tolist(), edge.tolist()):
             detail[i] = (f"estimated jaccard {sim[e]:.3f} to {ids[rep[i]]} "
                          f"(from MinHash signatures, {how}; not verified)")
-    return decide(frame, rep, rank, "minhash", reason, pl.Series("detail", detail, dtype=pl.String))
+    out = decide(frame, rep, rank, "minhash", reason, pl.Series("detail", detail, dtype=pl.String))
+    out.facts.update(facts)
+    return out
 
 
 def semantic(frame: pl.DataFrame, *, eps: float = 0.05, keep: str = "first",

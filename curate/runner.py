@@ -277,9 +277,16 @@ class PlanRunner:
             dropped = alive.filter(~keep)["id"]
             rejected.append(_rejected(dropped, stage, decision, reason, keep))
             frame = frame.with_columns(_alive=pl.col("_alive") & ~pl.col("id").is_in(dropped.implode()))
+            facts = getattr(decision, "facts", None) or {}
+            if stage == "dedup":
+                facts = {**facts, "peak_rss_mb": peak_rss_mb()}
+                if "candidate_pairs" in facts:
+                    self.log.info(f"dedup {reason}: {facts['candidate_pairs']:,} candidate pairs"
+                                  + (f", {facts['removed_by_verification']:,} removed by verification"
+                                     if "removed_by_verification" in facts else ""))
             manifest["stages"].append({"stage": stage, "label": reason if stage != "filter" else step.label,
                                        "in": alive.height, "out": alive.height - len(dropped),
-                                       "seconds": round(time.monotonic() - t, 3)})
+                                       "seconds": round(time.monotonic() - t, 3), **facts})
             self.log.info(f"{stage} {reason if stage != 'filter' else step.label}: "
                           f"kept {alive.height - len(dropped)} of {alive.height}")
         t = time.monotonic()

@@ -65,8 +65,13 @@ def signatures(shingle_lists: list[list[str]], num_perm: int, seed: int,
             j = max(j, i + 1)
             group = docs[i:j]
             lo, hi = starts[group[0]], starts[group[-1] + 1]
-            phv = mixed[lo:hi, None] * a[None, :] + b[None, :]  # wraps mod 2^32, as datasketch
-            out[group] = np.minimum.reduceat(phv, starts[group] - lo, axis=0)
+            if hi - lo > chunk:  # one long document: its minimum slice by slice
+                for s in range(lo, hi, chunk):
+                    phv = mixed[s:min(s + chunk, hi), None] * a[None, :] + b[None, :]
+                    out[group[0]] = np.minimum(out[group[0]], phv.min(axis=0))
+            else:
+                phv = mixed[lo:hi, None] * a[None, :] + b[None, :]  # wraps mod 2^32, as datasketch
+                out[group] = np.minimum.reduceat(phv, starts[group] - lo, axis=0)
             i = j
     return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -188,3 +190,43 @@ def test_worker_processes_give_the_same_result(tmp_path):
     q = "select * from scores order by id"
     a, b = (connect(r.path).sql(q).fetchall() for r in runs)
     assert a == b and len(a) == 1146
+
+
+def test_hard_corpora_run_with_correct_accounting(tmp_path):
+    """Small-scale versions of the corpora that break dedup tools: every document the
+    same, a 10 MB document (and its copy), empty and whitespace-only documents, a line
+    that is not UTF-8, and a threshold of 1.0. Each run completes and every row is
+    either selected or rejected with its reason."""
+    real = pl.read_parquet(DATA / "c4_demo" / "c4_demo.parquet")["text"].to_list()
+    same = tmp_path / "same"
+    same.mkdir()
+    pl.DataFrame({"text": [real[0]] * 300}).write_parquet(same / "same.parquet")
+    for method in ("minhash", "exact"):
+        man = read(same, kind="text").dedup(method).write(
+            tmp_path / f"same-{method}", cache_dir=False, quiet=True).manifest()
+        assert man["counts"] == {"input": 300, "ingest_rejected": 0, "selected": 1, "rejected": 299}
+
+    big = " ".join(real) * (10_000_000 // len(" ".join(real)) + 1)
+    assert len(big) >= 10_000_000
+    docs = real[:50] + [big, big, "", "   \n\t ", real[1]]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    with open(mixed / "docs.jsonl", "wb") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}).encode() + b"\n")
+        f.write(b'{"text": "caf\xe9 latin-1 bytes"}\n')  # not UTF-8
+    run = read(mixed, kind="text").dedup("minhash", threshold=1.0).write(
+        tmp_path / "mixed-run", cache_dir=False, quiet=True)
+    man = run.manifest()
+    rej = pl.from_arrow(run.table("rejected"))
+    assert man["counts"]["input"] == len(docs) + 1
+    assert man["counts"]["selected"] + man["counts"]["rejected"] == man["counts"]["input"]
+    reasons = rej.group_by("stage").len().sort("stage").rows()
+    # dropped: the 10 MB copy and the repeated real[1]; the undecodable line and the
+    # two blank documents at ingest
+    assert dict(reasons) == {"dedup": 2, "ingest": 3}, rej.select("stage", "reason").rows()
+    assert set(rej.filter(pl.col("stage") == "dedup")["reason"]) == {
+        "near-duplicate (MinHash, Jaccard >= 1.0, verified)"}
+    stage = next(s for s in man["stages"] if s["stage"] == "dedup")  # figures of the step
+    assert stage["candidate_pairs"] == 2 + stage["removed_by_verification"]
+    assert stage["peak_rss_mb"]["main"] > 0
