@@ -198,7 +198,9 @@ class RayEngine(Engine):
         for i in range(len(first)):
             if results[i] is None:  # the file failed on its own: fails or not after the rest
                 results[i] = _get(ray, submit(i, before))
-            elif before.shares_with(results[i][1]):
+                before = results[i][1]  # that try went on from ``before``
+                continue
+            if before.shares_with(results[i][1]):
                 again[i] = submit(i, before)
             before = before.then(results[i][1])
         for i, ref in again.items():
