@@ -587,8 +587,9 @@ def scorers() -> None:
         if doc:
             click.echo(textwrap.fill(doc, width=88, initial_indent="    ",
                                      subsequent_indent="    "))
+        options = sorted(option_defaults(cls).items(), key=lambda kv: kv[1] is not REQUIRED)
         opts = ", ".join(f"{k} (required)" if v is REQUIRED else f"{k}={v!r}"
-                         for k, v in option_defaults(cls).items())
+                         for k, v in options)  # required ones first
         click.echo(textwrap.fill(f"options: {opts or 'none'}", width=88, initial_indent="    ",
                                  subsequent_indent="      "))
         click.echo(textwrap.fill(f"columns: {', '.join(cls.columns)}", width=88,
