@@ -153,7 +153,7 @@ def test_one_window_texts_are_embedded_as_sentence_transformers_does(emb):
 
 
 def test_bf16_embeddings_agree_with_float32(emb):
-    """bf16 autocast (the default on GPUs and native-bf16 CPUs) against float32 on real
+    """bf16 autocast (the default on GPUs, an option on CPUs) against float32 on real
     answers, long ones in several windows: cosine >= 0.999 each, and the same nearest
     neighbours; the dtype is part of the cache key."""
     outs, _, _ = long_answers(emb)
