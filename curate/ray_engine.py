@@ -262,8 +262,8 @@ class RayEngine(Engine):
             return
         # the schema of only these columns: parts may differ in an original column's type
         schema = pq.read_schema(wanted[0].path)
-        ds = read_parquet([str(p.path) for p in wanted], columns=columns,
-                          schema=pa.schema([schema.field(c) for c in columns]))
+        ds = read_parquet([str(p.path) for p in wanted],
+                          schema=pa.schema([schema.field(c) for c in columns])).select_columns(columns)
         rows = sum(p.rows for p in wanted)
         if rows < sum(Part(p.path).rows for p in wanted):
             # some rows are not wanted: Ray pushes the id filter into the Parquet scan
