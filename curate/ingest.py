@@ -45,6 +45,15 @@ class IngestStats:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why not read)
     labeled_rows: int = 0  # sft rows with a KTO label (true or false)
 
+    def add(self, other: IngestStats) -> None:
+        """Count ``other``'s rows (of files ingested apart) into these stats."""
+        self.adapters.update(other.adapters)
+        self.rows_read += other.rows_read
+        self.rows_ok += other.rows_ok
+        self.labeled_rows += other.labeled_rows
+        for reason, k in other.bad_reasons.items():
+            self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + k
+
 
 class RowIds:
     """Stable content ids: xxh3-64 of the canonical row; a repeat of an earlier

@@ -217,12 +217,7 @@ class RayEngine(Engine):
                     (staging / name).rename(staging / f"part-{n:05d}.parquet")
                 n += 1
             records.extend(file_records)
-            stats.adapters.update(file_stats.adapters)
-            stats.rows_read += file_stats.rows_read
-            stats.rows_ok += file_stats.rows_ok
-            stats.labeled_rows += file_stats.labeled_rows
-            for reason, k in file_stats.bad_reasons.items():
-                stats.bad_reasons[reason] = stats.bad_reasons.get(reason, 0) + k
+            stats.add(file_stats)
         return stats, records
 
     def map_groups(self, table: pa.Table, key: str, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
