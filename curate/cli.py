@@ -299,6 +299,9 @@ def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], o
 @click.option("--shingle", type=click.Choice(["word", "char"]), default=MINHASH["shingle"], show_default=True,
               help="minhash: word n-grams, or character n-grams for scripts without spaces.")
 @click.option("--no-verify", is_flag=True, help="minhash: skip the exact Jaccard check of candidates.")
+@click.option("--hash", "hash_", type=click.Choice(["oph", "datasketch"]), default=MINHASH["hash"],
+              show_default=True, help="minhash: signatures by one-permutation hashing (fast) or "
+              "equal to datasketch.MinHash (xxh32, ~5x slower).")
 @click.option("--eps", type=float, default=SEMANTIC["eps"], show_default=True,
               help="semantic: cosine similarity above 1 - eps is a duplicate.")
 @click.option("--model", default=SEMANTIC["model"], show_default=True, help="semantic: embedding model.")
@@ -310,7 +313,7 @@ def score(input: str, scorer_names: tuple[str, ...], options: tuple[str, ...], o
 @ADAPTER
 @run_options
 def dedup(input: str, method: str, output: str, threshold: float, num_perm: int,
-          bands: int | None, rows: int | None, ngram: int, shingle: str, no_verify: bool,
+          bands: int | None, rows: int | None, ngram: int, shingle: str, no_verify: bool, hash_: str,
           eps: float, model: str, fields: str, keep: str, kind: str | None, adapter: str | None,
           **kw: Any) -> None:
     """Remove duplicates from INPUT: exact, near (MinHash-LSH) or semantic.
@@ -337,7 +340,7 @@ def dedup(input: str, method: str, output: str, threshold: float, num_perm: int,
     elif method == "minhash":
         options = {"threshold": threshold, "num_perm": num_perm, "bands": bands, "rows": rows,
                    "ngram": ngram, "shingle": shingle, "fields": fields, "verify": not no_verify,
-                   "keep": keep}
+                   "keep": keep, "hash": hash_}
     else:
         options = {"eps": eps, "model": model, "fields": fields, "keep": keep}
     opts = _exec_options(kw)

@@ -123,7 +123,8 @@ class Exact(DecisionStep):
 class MinHash(DecisionStep):
     name = "minhash"
     options = {"threshold": 0.8, "num_perm": 128, "bands": None, "rows": None, "ngram": 5,
-               "shingle": "word", "fields": "all", "verify": True, "keep": "first", "seed": 1}
+               "shingle": "word", "fields": "all", "verify": True, "keep": "first", "seed": 1,
+               "hash": "oph"}
 
     def plan(self, o):
         from curate.dedup import check_threshold, choose_bands
@@ -136,7 +137,7 @@ class MinHash(DecisionStep):
             weights = (0.05, 0.95) if o["verify"] else (0.5, 0.5)  # verify removes false positives
             o["bands"], o["rows"] = choose_bands(o["threshold"], o["num_perm"], *weights)
         score = Score("minhash", _pick(o, "num_perm", "bands", "rows", "ngram", "shingle",
-                                       "fields", "seed"))
+                                       "fields", "seed", "hash"))
         return score, Dedup("minhash", _pick(o, "threshold", "verify", "keep", "ngram", "shingle",
                                              "fields", "bands", "rows"))
 

@@ -14,6 +14,7 @@ threshold of the row it names (no chains A~B~C that drop C for A).
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -25,7 +26,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.selection import Decision
-from curate.text import shingles
+from curate.text import fmix64, shingle_hashes
 
 if TYPE_CHECKING:
     from curate.decisions import GroupMap
@@ -277,6 +278,32 @@ def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | No
     return np.column_stack([pairs["a"].to_numpy(), pairs["b"].to_numpy()]).astype(np.int64).reshape(-1, 2)
 
 
+def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: list[str], ngram: int,
+                    shingle: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per edge (rows a, b), the sizes of the intersection and the union of the two
+    rows' shingle sets, from 64-bit shingle hashes of the ``texts`` of ``nodes`` (the
+    sorted rows in ``edges``). A shingle of row n is keyed ``hash ^ fmix64(n)``, so the
+    intersection of an edge is how many keys of the smaller row, re-keyed with the
+    other row, are keys of that row: one hash-set lookup per shingle."""
+    hashes, counts = shingle_hashes(texts, ngram, shingle, threads=os.cpu_count() or 1)
+    with np.errstate(over="ignore"):
+        salt = fmix64(nodes.astype(np.uint64) + np.uint64(1))
+        node_of = np.repeat(np.arange(len(nodes)), counts)
+        keys = pl.Series(hashes ^ salt[node_of])
+        first = keys.is_first_distinct().to_numpy()  # each row's set: its first copies
+        hashes, node_of, keys = hashes[first], node_of[first], keys.filter(first)
+        size = np.bincount(node_of, minlength=len(nodes))
+        start = np.concatenate([[0], np.cumsum(size)])
+        a, b = np.searchsorted(nodes, edges[:, 0]), np.searchsorted(nodes, edges[:, 1])
+        a, b = np.where(size[a] <= size[b], a, b), np.where(size[a] <= size[b], b, a)
+        per = size[a]  # the smaller row's shingles, each looked up among the other's
+        edge_of = np.repeat(np.arange(len(edges)), per)
+        at = np.arange(len(edge_of)) - np.repeat(np.cumsum(per) - per, per) + start[a][edge_of]
+        hit = pl.Series(hashes[at] ^ salt[b][edge_of]).is_in(keys.implode()).to_numpy()
+    inter = np.bincount(edge_of[hit], minlength=len(edges)).astype(np.int64)
+    return inter, size[a] + size[b] - inter
+
+
 def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]:
     """Per edge, the Jaccard estimated from the rows' 8-bit MinHash sketches (or, for
     scores without sketches, the share of equal LSH band hashes) and how it was had."""
@@ -317,11 +344,7 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
             raise CurateError("minhash verification needs the row texts")
         nodes = np.unique(edges)
         got = texts([ids[i] for i in nodes])
-        sets = {i: set(shingles(got[ids[i]], ngram, shingle)) for i in nodes}
-        inter = np.fromiter((len(sets[a] & sets[b]) for a, b in edges.tolist()), np.int64, len(edges))
-        size = np.zeros(n, dtype=np.int64)
-        size[nodes] = [len(sets[i]) for i in nodes]
-        union = size[edges[:, 0]] + size[edges[:, 1]] - inter
+        inter, union = shared_shingles(edges, nodes, [got[ids[i]] for i in nodes], ngram, shingle)
         ok = (inter >= threshold * union) & (union > 0)
         edges, sim = edges[ok], inter[ok] / union[ok]
         facts["removed_by_verification"] = int((~ok).sum())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate import adapters as ad
 from curate.errors import InputError
@@ -184,6 +185,39 @@ def _same(original: pa.ChunkedArray, canonical: pa.Array) -> bool:
         return False
 
 
+#: What Python's ``str.isspace`` is true of, as a regex class (Arrow's RE2).
+_BLANK = r"^[\t\n\x0b\x0c\r\x1c-\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*$"
+
+
+def _plain_text(chunk: Chunk, chosen: ad.Adapter | None, state: IngestState, ids: RowIds,
+                rel: str) -> pa.Table | None:
+    """The part of a chunk of plain text rows (adapter ``text``, a string column
+    ``text``, no row null, blank or unparsed) built column by column: the same table,
+    ids and all as the row-by-row path, at a fraction of its cost. None when the
+    chunk is not such a chunk (the row-by-row path then takes it)."""
+    table = chunk.arrow
+    if (table is None or chunk.errors or chosen is None or chosen.name != "text"
+            or state.kind not in (None, "text") or "text" not in table.column_names):
+        return None
+    col = table.column("text")
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return None
+    if col.null_count or pc.any(pc.match_substring_regex(col, _BLANK)).as_py():
+        return None
+    col = col.cast(pa.string()).combine_chunks()
+    encode = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) writes
+    row_ids = [ids('{"text":' + encode(t) + "}") for t in col.to_pylist()]
+    n = len(col)
+    cols = {"id": pa.array(row_ids, pa.string()), "text": col,
+            "source": pa.array([rel] * n, pa.string()),
+            "source_row": pa.array(range(chunk.start, chunk.start + n), pa.int64()),
+            "prompt_id": pa.nulls(n, pa.string())}
+    originals = _stable_types(_originals(chunk, list(range(n)), "text", {"text": col}), state.types)
+    for name in originals.column_names:
+        cols[name] = originals.column(name)
+    return pa.table(cols)
+
+
 @dataclass
 class IngestState:
     """What ingesting a file takes from the files before it, in input order: the
@@ -258,17 +292,29 @@ def ingest_file(root: Path, file: Path, state: IngestState, stats: IngestStats, 
     first_reason = None
     chosen: ad.Adapter | None = forced
     for chunk in read_chunks(file, chunk_rows):
-        if not chunk.rows and not chunk.errors:
+        if not chunk.num_rows and not chunk.errors:
             continue
-        raws = [view(r) for r in chunk.rows]
-        if columns and chunk.rows and file_rows == 0:
-            names = set().union(*(r.keys() for r in chunk.rows))
+        if columns and chunk.num_rows and file_rows == 0:
+            names = set().union(*(r.keys() for r in chunk.head(chunk.num_rows)))
             missing = sorted(src for src in columns.values() if src not in names)
             if missing:
                 raise InputError(f"{file}: no column(s) {missing} to map; its columns are "
                                  f"{sorted(names)}")
-        if chosen is None and raws:
-            chosen = ad.detect(raws, str(file), kind=kind)
+        if chosen is None and chunk.num_rows:
+            chosen = ad.detect([view(r) for r in chunk.head(1000)], str(file), kind=kind)
+        table = None if columns else _plain_text(chunk, chosen, state, ids, rel)
+        if table is not None:  # every row a non-blank string of a plain text column
+            stats.adapters[rel] = chosen.name
+            state.kind = stats.kind = state.kind or "text"
+            file_rows += table.num_rows
+            file_ok += table.num_rows
+            stats.rows_read += table.num_rows
+            stats.rows_ok += table.num_rows
+            if on_rows:
+                on_rows(table.num_rows)
+            yield table, [], stats
+            continue
+        raws = [view(r) for r in chunk.rows]
         canon, keep, rejected = [], [], []
 
         def reject(reason: str, detail: str, content: Any) -> None:
@@ -312,7 +358,7 @@ def ingest_file(root: Path, file: Path, state: IngestState, stats: IngestStats, 
                 row["id"] = ids(_canonical_json(row))
                 canon.append(row)
                 keep.append(i)
-        n = len(chunk.rows) + len(chunk.errors)
+        n = chunk.num_rows + len(chunk.errors)
         file_rows += n
         file_ok += len(keep)
         stats.rows_read += n

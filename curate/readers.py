@@ -56,9 +56,26 @@ class Chunk:
 
     file: Path
     start: int
-    rows: list[dict]
+    parsed: list[dict] | None  # the rows as dicts (None: made from ``arrow`` when asked)
     arrow: pa.Table | None = None  # the same rows as Arrow, when the format has a schema
     errors: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict]:
+        """The rows as dicts (from Arrow on first use: columnar paths never pay for it)."""
+        if self.parsed is None:
+            self.parsed = self.arrow.to_pylist() if self.arrow is not None else []
+        return self.parsed
+
+    @property
+    def num_rows(self) -> int:
+        return self.arrow.num_rows if self.parsed is None and self.arrow is not None else len(self.rows)
+
+    def head(self, n: int) -> list[dict]:
+        """The first ``n`` rows as dicts."""
+        if self.parsed is None and self.arrow is not None:
+            return self.arrow.slice(0, n).to_pylist()
+        return self.rows[:n]
 
 
 @dataclass
@@ -196,7 +213,7 @@ def _parquet(file: Path, chunk_rows: int, compression: str | None) -> Iterator[C
         pf = pq.ParquetFile(file)
         for batch in pf.iter_batches(batch_size=chunk_rows):
             table = pa.Table.from_batches([batch])
-            yield Chunk(file, start, table.to_pylist(), table)
+            yield Chunk(file, start, None, table)
             start += batch.num_rows
     except (pa.ArrowException, OSError) as err:
         raise InputError(f"{file}: not a readable Parquet file ({err}); "
@@ -322,7 +339,7 @@ def _csv(file: Path, chunk_rows: int, compression: str | None) -> Iterator[Chunk
         def emit(table: pa.Table) -> Chunk:
             nonlocal start
             table, bad = _decode_utf8(table, start)
-            chunk = Chunk(file, start, table.to_pylist(), table, errors=ragged[:] + bad)
+            chunk = Chunk(file, start, None, table, errors=ragged[:] + bad)
             ragged.clear()
             start += table.num_rows
             return chunk

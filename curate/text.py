@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate.errors import CurateError
 from curate.schema import full_texts, prompt_texts, response_texts
@@ -47,3 +50,184 @@ def field_texts(batch: pa.RecordBatch | pa.Table, fields: str) -> list[str]:
     if fields not in FIELDS:
         raise CurateError(f"fields must be one of {', '.join(FIELDS)}, got {fields!r}")
     return FIELDS[fields](batch)
+
+
+def field_array(batch: pa.RecordBatch | pa.Table, fields: str) -> pa.Array:
+    """``field_texts`` as a string array; text rows' own column as is (nulls as "")."""
+    if fields in ("all", "response") and "text" in batch.schema.names and \
+            "messages" not in batch.schema.names and "chosen" not in batch.schema.names:
+        col = batch.column("text")
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        return col.fill_null("").cast(pa.string())
+    return pa.array(field_texts(batch, fields), pa.string())
+
+
+# --- columnar: whole batches at once -------------------------------------------------
+
+#: Non-ASCII characters Python's ``str.split()`` splits on that NFKC leaves alone (NFKC
+#: turns the others, such as U+00A0 and U+3000, into a plain space).
+_OTHER_SPACES = "[\u0085\u1680\u2028\u2029]"
+#: ``[^\w\s]`` of Python's ``re`` in RE2 (Arrow's regex), whose ``\w`` and ``\s`` are ASCII.
+_NOT_WORD = r"[^\pL\pN_\s\x0b\x1c-\x1f\x{85}\x{1680}\x{2028}\x{2029}]"
+#: ASCII bytes ``str.split()`` splits on: \t \n \v \f \r, U+001C..U+001F and space.
+_ASCII_SPACE = np.zeros(256, dtype=bool)
+_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+_POLY = 0x100000001B3 * 2 + 1  # odd: invertible modulo 2^64
+_MASK64 = (1 << 64) - 1
+
+
+def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets int64 from 0) of a large_string array without nulls."""
+    arr = arr.cast(pa.large_string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return raw[offsets[0]:offsets[-1]], offsets - offsets[0]
+
+
+def _collapse(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of ASCII whitespace -> one space, none at either end of a text (bytes level)."""
+    lengths = np.diff(offsets)
+    space = _ASCII_SPACE[raw]
+    after = np.concatenate([[True], space[:-1]])  # the byte before is a space or a text start
+    after[offsets[:-1][lengths > 0]] = True
+    keep = ~space | ~after
+    kept = np.concatenate([[0], np.cumsum(keep)])[offsets]
+    out = raw[keep].copy()
+    # a text whose kept bytes end in a space (trailing whitespace) loses that byte
+    last = kept[1:] - 1
+    trailing = (kept[1:] > kept[:-1]) & _ASCII_SPACE[out[np.maximum(last, 0)]] if len(out) else \
+        np.zeros(len(lengths), dtype=bool)
+    out[_ASCII_SPACE[out]] = 32
+    if trailing.any():
+        drop = np.ones(len(out), dtype=bool)
+        drop[last[trailing]] = False
+        out = out[drop]
+        kept = kept - np.concatenate([[0], np.cumsum(trailing)])
+    return out, kept
+
+
+def normalize_bytes(texts: pa.Array | pa.ChunkedArray | list[str], *, punctuation: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``normalize`` of every text at once, as (UTF-8 bytes, offsets): Arrow string
+    kernels for case and (on the rows that are not pure ASCII) NFKC, numpy for the
+    whitespace. A null text normalises to "". (Arrow, not polars: this runs in forked
+    scorer workers, where polars' thread pool would hang.)"""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    arr = (texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())).fill_null("")
+    raw, offsets = _utf8(arr)
+    wide = np.zeros(len(raw) + 1, dtype=np.int64)
+    np.cumsum(raw >= 0x80, out=wide[1:])
+    other = np.diff(wide[offsets]) > 0  # rows with a non-ASCII byte
+    if other.any():
+        mask = pa.array(other)
+        fixed = pc.replace_substring_regex(pc.utf8_normalize(arr.filter(mask), "NFKC"),
+                                           _OTHER_SPACES, " ")
+        arr = pc.replace_with_mask(arr, mask, fixed.cast(arr.type))
+    arr = pc.utf8_lower(arr)
+    if not punctuation:
+        arr = pc.replace_substring_regex(arr, _NOT_WORD, " ")
+    return _collapse(*_utf8(arr))
+
+
+def normalize_array(texts: pa.Array | pa.ChunkedArray | list[str], *,
+                    punctuation: bool = True) -> pa.Array:
+    """``normalize`` of every text at once (see ``normalize_bytes``), as a string array."""
+    raw, offsets = normalize_bytes(texts, punctuation=punctuation)
+    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets),
+                                            pa.py_buffer(raw)).cast(pa.string())
+
+
+_POWER_CACHE: dict[int, np.ndarray] = {}
+
+
+def _powers(base: int, n: int) -> np.ndarray:
+    """base^0 .. base^(n-1) modulo 2^64 (by doubling; the first 2^22 are kept)."""
+    have = _POWER_CACHE.get(base)
+    if have is not None and len(have) >= n:
+        return have[:n]
+    out = np.empty(max(n, 1), dtype=np.uint64)
+    out[0], m = 1, 1
+    while m < n:
+        k = min(m, n - m)
+        np.multiply(out[:k], np.uint64(pow(base, m, 1 << 64)), out=out[m:m + k])
+        m += k
+    if n <= 1 << 22:
+        _POWER_CACHE[base] = out
+    return out[:n]
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """The MurmurHash3 64-bit finaliser (wrapping uint64 arithmetic)."""
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def shingle_hashes(texts: pa.Array | pa.ChunkedArray | list[str], n: int = 5,
+                   kind: str = "word", *, chunk: int = 1024, threads: int = 1
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every text's ``shingles`` (the same shingles, computed on whole
+    batches, with no Python per row or shingle) and the number of shingles of each text.
+
+    A shingle is a substring of the normalised text, hashed by a polynomial over its
+    UTF-8 bytes modulo 2^64 (from prefix sums, so each shingle costs O(1)), then mixed
+    (MurmurHash3's finaliser). Equal shingles get equal hashes in any text.
+    Lower-casing is Arrow's (utf8proc, one character to one), which differs from
+    ``str.lower`` only on a few characters (final sigma, dotted capital I).
+    Works through ``chunk`` texts at a time, on ``threads`` threads.
+    Returns (hashes uint64 in text order, counts int64)."""
+    if kind not in ("word", "char"):
+        raise ValueError(f"shingle kind must be 'word' or 'char', got {kind!r}")
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if not isinstance(texts, pa.Array):
+        texts = pa.array(texts, pa.string())
+    if len(texts) <= chunk:
+        return _shingle_hashes(texts, n, kind)
+    pieces = [texts.slice(i, chunk) for i in range(0, len(texts), chunk)]  # cache-sized
+    if threads > 1:  # numpy and Arrow let go of the GIL
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(lambda p: _shingle_hashes(p, n, kind), pieces))
+    else:
+        parts = [_shingle_hashes(p, n, kind) for p in pieces]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _shingle_hashes(texts: pa.Array, n: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    raw, offsets = normalize_bytes(texts)
+    lengths = np.diff(offsets)
+    if kind == "word":  # units are words: the normalised text has single spaces
+        word = raw != 32
+        edge = np.zeros(len(raw) + 1, dtype=bool)
+        edge[offsets] = True  # text boundaries
+        begin = np.flatnonzero(word & (edge[:-1] | np.concatenate([[True], ~word[:-1]])))
+        end = np.flatnonzero(word & (edge[1:] | np.concatenate([~word[1:], [True]]))) + 1
+    else:  # units are code points: bytes that do not continue a UTF-8 sequence
+        begin = np.flatnonzero((raw & 0xC0) != 0x80)
+        end = np.append(begin[1:], len(raw))
+    doc = np.searchsorted(offsets, begin, side="right") - 1
+    units = np.bincount(doc, minlength=len(lengths)).astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(units)])[:-1]
+    # a text of at most n units is one shingle (the whole text); a longer one units - n + 1
+    counts = np.where(units > n, units - n + 1, np.minimum(units, 1))
+    sdoc = np.repeat(np.arange(len(lengths)), counts)
+    k = np.arange(len(sdoc)) - np.repeat(np.cumsum(counts) - counts, counts) + first[sdoc]
+    whole = units[sdoc] <= n
+    lo = np.where(whole, offsets[sdoc], begin[np.minimum(k, len(begin) - 1)] if len(begin) else 0)
+    hi = np.where(whole, offsets[sdoc + 1],
+                  end[np.minimum(k + n - 1, len(end) - 1)] if len(end) else 0)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(raw) + 1, dtype=np.uint64)
+        step = raw.astype(np.uint64)
+        step += np.uint64(1)
+        step *= _powers(_POLY, len(raw))
+        np.cumsum(step, out=prefix[1:])
+        del step
+        inverse = _powers(pow(_POLY, -1, 1 << 64), len(raw) + 1)
+        poly = (prefix[hi] - prefix[lo]) * inverse[lo]
+        hashes = fmix64(poly ^ (hi - lo).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    return hashes, counts

@@ -1,11 +1,20 @@
 """MinHash signatures and LSH band hashes for near-duplicate detection.
 
-Signatures are datasketch-compatible: for the same ``num_perm``, ``seed`` and
-hash function (xxh32 of each UTF-8 shingle) they equal
-``datasketch.MinHash(num_perm, seed, hashfunc=xxh32).update_batch(shingles)``
-(its default affine32 scheme), computed here for a whole batch at once with
-numpy. The scorer writes one hash per LSH band (``bands`` x ``rows`` values of
-the signature each); rows sharing any band hash are candidate duplicates.
+Two signature schemes (option ``hash``), both over the same shingles:
+
+- ``oph`` (default): one-permutation hashing with optimal densification (Shrivastava,
+  ICML 2017). Each shingle's 64-bit hash (``curate.text.shingle_hashes``, columnar)
+  falls in one of ``num_perm`` bins and the bin keeps its smallest value; an empty
+  bin borrows the value of the first non-empty bin in its own fixed random order of
+  bins. Two texts agree in a bin with probability their Jaccard, as with MinHash,
+  at O(1) per shingle instead of O(num_perm).
+- ``datasketch``: classic MinHash, equal to
+  ``datasketch.MinHash(num_perm, seed, hashfunc=xxh32).update_batch(shingles)``
+  (its default affine32 scheme), computed with numpy for a whole batch at once:
+  O(num_perm) per shingle and a Python call per shingle, about 5x slower.
+
+The scorer writes one hash per LSH band (``bands`` x ``rows`` values of the
+signature each); rows sharing any band hash are candidate duplicates.
 Empty texts have no shingles and get null bands, so they never match.
 
 It also writes ``minhash_sketch``: the lowest 8 bits of every signature value
@@ -20,12 +29,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 from curate.errors import CurateError
 from curate.scorer import Resources, Scorer, register
-from curate.text import field_texts, shingles
+from curate.text import fmix64, field_array, shingle_hashes, shingles
 
+HASHES = ("oph", "datasketch")
 _FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)  # MurmurHash3 finalizer, as datasketch
 _BAND_MULT = np.uint64(0x9E3779B97F4A7C15)
 
@@ -76,6 +87,38 @@ def signatures(shingle_lists: list[list[str]], num_perm: int, seed: int,
     return out
 
 
+def oph_signatures(hashes: np.ndarray, counts: np.ndarray, num_perm: int, seed: int,
+                   passes: int = 8) -> np.ndarray:
+    """One-permutation-hashing signatures (uint32, docs x num_perm) of the docs whose
+    shingle hashes (uint64, doc after doc) number ``counts``; rows of docs without
+    shingles are all max. Empty bins are densified (see the module docstring)."""
+    docs, k = len(counts), num_perm
+    gen = np.random.RandomState(seed)
+    salt = np.uint64(gen.randint(0, 1 << 62, dtype=np.int64))
+    order = np.argsort(gen.rand(k, k), axis=1)  # per bin: the bins it borrows from, in turn
+    with np.errstate(over="ignore"):
+        h = fmix64(hashes ^ salt)
+        cell = np.repeat(np.arange(docs, dtype=np.int64) * k, counts) + \
+            ((h >> np.uint64(32)) * np.uint64(k) >> np.uint64(32)).astype(np.int64)
+    sig = np.full(docs * k, np.iinfo(np.uint32).max, dtype=np.uint32)
+    np.minimum.at(sig, cell, h.astype(np.uint32))
+    filled = np.zeros(docs * k, dtype=bool)
+    filled[cell] = True
+    empty = np.flatnonzero(~filled.reshape(docs, k)[counts > 0].ravel())
+    base = np.flatnonzero(counts > 0)[empty // k] * k  # first cell of the empty cell's doc
+    want, empty = empty % k, base + empty % k
+    for t in range(passes):  # most empty bins find a non-empty one within a few tries
+        src = base + order[want, t]
+        ok = filled[src]
+        sig[empty[ok]] = sig[src[ok]]
+        empty, base, want = empty[~ok], base[~ok], want[~ok]
+    if len(empty):  # the rest (docs with few shingles): the first hit in the whole order
+        tries = base[:, None] + order[want]
+        src = tries[np.arange(len(empty)), filled[tries].argmax(axis=1)]
+        sig[empty] = sig[src]
+    return sig.reshape(docs, k)
+
+
 def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """One 64-bit hash per band of ``rows`` signature values (docs x bands)."""
     part = sigs[:, :bands * rows].reshape(len(sigs), bands, rows).astype(np.uint64)
@@ -107,8 +150,8 @@ class MinHash(Scorer):
     """MinHash LSH band hashes of a row's text (word or character shingles)."""
 
     name: ClassVar[str] = "minhash"
-    version: ClassVar[str] = "2"
-    resources: ClassVar[Resources] = Resources(cpus=1.0)  # pure Python: one replica per core
+    version: ClassVar[str] = "3"
+    resources: ClassVar[Resources] = Resources(cpus=1.0)  # one thread: one replica per core
     columns: ClassVar[dict[str, pa.DataType]] = {
         "minhash_bands": pa.list_(pa.uint64()),
         "minhash_sketch": pa.binary(),
@@ -123,8 +166,11 @@ class MinHash(Scorer):
     shingle: str = "word"
     fields: str = "all"
     seed: int = 1
+    hash: str = "oph"
 
     def __post_init__(self) -> None:
+        if self.hash not in HASHES:
+            raise CurateError(f"minhash: hash must be one of {', '.join(HASHES)}, got {self.hash!r}")
         if self.bands * self.rows > self.num_perm:
             raise CurateError(f"minhash: bands x rows = {self.bands * self.rows} exceeds "
                               f"num_perm = {self.num_perm}")
@@ -132,12 +178,21 @@ class MinHash(Scorer):
             raise CurateError(f"minhash: shingle must be 'word' or 'char', got {self.shingle!r}")
 
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
-        texts = field_texts(batch, self.fields)
-        sh = [shingles(t, self.ngram, self.shingle) for t in texts]
-        sigs = signatures(sh, self.num_perm, self.seed)
+        texts = field_array(batch, self.fields)
+        if self.hash == "datasketch":
+            sh = [shingles(t, self.ngram, self.shingle) for t in texts.to_pylist()]
+            counts = np.array([len(x) for x in sh], dtype=np.int64)
+            sigs = signatures(sh, self.num_perm, self.seed)
+        else:
+            hashes, counts = shingle_hashes(texts, self.ngram, self.shingle)
+            sigs = oph_signatures(hashes, counts, self.num_perm, self.seed)
+        has = pa.array(counts > 0)
         bands = band_hashes(sigs, self.bands, self.rows)
-        sk = sketches(sigs)
-        return {"minhash_bands": [list(map(int, b)) if s else None for b, s in zip(bands, sh)],
-                "minhash_sketch": [k.tobytes() if s else None for k, s in zip(sk, sh)],
-                "minhash_shingles": [len(s) for s in sh],
-                "minhash_chars": [len(t) for t in texts]}
+        band_list = pa.FixedSizeListArray.from_arrays(pa.array(bands.ravel()), self.bands)
+        sketch = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(self.num_perm), len(sigs), [None, pa.py_buffer(sketches(sigs).tobytes())])
+        null = pa.nulls(len(sigs))
+        return {"minhash_bands": pc.if_else(has, band_list.cast(pa.list_(pa.uint64())), null),
+                "minhash_sketch": pc.if_else(has, sketch.cast(pa.binary()), null),
+                "minhash_shingles": pa.array(counts, pa.int32()),
+                "minhash_chars": pc.utf8_length(texts.fill_null("")).cast(pa.int64())}

@@ -62,11 +62,12 @@ def test_components_label_propagation():
     assert labels.tolist() == [0, 0, 0, 3, 4, 4, 4]
 
 
-@pytest.mark.parametrize("method", ["exact", "minhash"])
-def test_edited_copies_are_dropped_with_their_twin(tmp_path, method):
+@pytest.mark.parametrize("method,options", [("exact", {}), ("minhash", {}),
+                                            ("minhash", {"hash": "datasketch"})])
+def test_edited_copies_are_dropped_with_their_twin(tmp_path, method, options):
     src, n, copies = alpaca_with_copies(tmp_path)
     out = tmp_path / method
-    run = read(src).dedup(method).write(out, cache_dir=False, quiet=True)
+    run = read(src).dedup(method, **options).write(out, cache_dir=False, quiet=True)
     rows = rejected(out)
     assert len(rows) == copies
     for rid, stage, reason, cluster, rep, row, rep_row in rows:
@@ -130,6 +131,8 @@ def test_bad_dedup_options(tmp_path):
         read(ALPACA).dedup("fuzzy")
     with pytest.raises(CurateError, match="no option"):
         read(ALPACA).dedup("exact", threshold=0.5)
+    with pytest.raises(CurateError, match="minhash: hash must be one of oph, datasketch, got 'md5'"):
+        read(ALPACA).dedup("minhash", hash="md5").write(tmp_path / "h", cache_dir=False, quiet=True)
     bad = curate_cli("dedup", ALPACA, "--threshold", "0", "-o", tmp_path / "o", check=False)
     assert bad.returncode == 2 and bad.stderr.strip() == \
         "error: --threshold 0.0: must be a Jaccard similarity in (0, 1]"
