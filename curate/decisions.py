@@ -147,15 +147,16 @@ class MinHash(DecisionStep):
 
     def decide(self, frame, o, access):
         from curate import dedup
-        from curate.text import field_texts
+        from curate.text import field_array
 
         access.say(f"dedup minhash: {dedup.tradeoff(o['threshold'], o['bands'], o['rows'])}")
 
-        def texts(ids: list[str]) -> dict[str, str]:
-            out: dict[str, str] = {}
-            for table in access.rows(ids, None):
-                out.update(zip(table["id"].to_pylist(), field_texts(table, o["fields"])))
-            return out
+        def texts(ids: list[str]) -> pa.Array:
+            """The texts of these rows, in this order."""
+            got = [pl.DataFrame({"id": t["id"], "text": field_array(t, o["fields"])})
+                   for t in access.rows(ids, None)]
+            return (pl.DataFrame({"id": ids}).join(pl.concat(got), on="id", how="left",
+                                                   maintain_order="left")["text"].to_arrow())
 
         return dedup.minhash(frame, threshold=o["threshold"], keep=o["keep"], verify=o["verify"],
                              texts=texts, ngram=o["ngram"], shingle=o["shingle"],

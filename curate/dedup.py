@@ -278,7 +278,7 @@ def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | No
     return np.column_stack([pairs["a"].to_numpy(), pairs["b"].to_numpy()]).astype(np.int64).reshape(-1, 2)
 
 
-def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: list[str], ngram: int,
+def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: pa.Array | list[str], ngram: int,
                     shingle: str) -> tuple[np.ndarray, np.ndarray]:
     """Per edge (rows a, b), the sizes of the intersection and the union of the two
     rows' shingle sets, from 64-bit shingle hashes of the ``texts`` of ``nodes`` (the
@@ -321,7 +321,7 @@ def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]
 
 
 def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
-            texts: Callable[[list[str]], dict[str, str]] | None = None, ngram: int = 5,
+            texts: Callable[[list[str]], pa.Array] | None = None, ngram: int = 5,
             shingle: str = "word", max_bucket_pairs: int = 50,
             map_groups: GroupMap | None = None) -> Decision:
     """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
@@ -343,8 +343,7 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
         if texts is None:
             raise CurateError("minhash verification needs the row texts")
         nodes = np.unique(edges)
-        got = texts([ids[i] for i in nodes])
-        inter, union = shared_shingles(edges, nodes, [got[ids[i]] for i in nodes], ngram, shingle)
+        inter, union = shared_shingles(edges, nodes, texts(ids[nodes].tolist()), ngram, shingle)
         ok = (inter >= threshold * union) & (union > 0)
         edges, sim = edges[ok], inter[ok] / union[ok]
         facts["removed_by_verification"] = int((~ok).sum())

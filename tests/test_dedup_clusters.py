@@ -152,7 +152,7 @@ def test_verified_detail_names_the_exact_jaccard():
     texts = toolformer_texts(2500)
     frame = _frame(texts)
     by_id = dict(zip(frame["id"], texts))
-    dec = minhash(frame, threshold=0.8, texts=lambda ids: {i: by_id[i] for i in ids})
+    dec = minhash(frame, threshold=0.8, texts=lambda ids: [by_id[i] for i in ids])
     for i in np.flatnonzero(~dec.keep.to_numpy()):
         rep = dec.representative[int(i)]
         j = T.jaccard(T.shingles(texts[i]), T.shingles(by_id[rep]))
