@@ -69,9 +69,6 @@ def field_array(batch: pa.RecordBatch | pa.Table, fields: str) -> pa.Array:
 _OTHER_SPACES = "[\u0085\u1680\u2028\u2029]"
 #: ``[^\w\s]`` of Python's ``re`` in RE2 (Arrow's regex), whose ``\w`` and ``\s`` are ASCII.
 _NOT_WORD = r"[^\pL\pN_\s\x0b\x1c-\x1f\x{85}\x{1680}\x{2028}\x{2029}]"
-#: ASCII bytes ``str.split()`` splits on: \t \n \v \f \r, U+001C..U+001F and space.
-_ASCII_SPACE = np.zeros(256, dtype=bool)
-_ASCII_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
 _POLY = 0x100000001B3 * 2 + 1  # odd: invertible modulo 2^64
 _MASK64 = (1 << 64) - 1
 
@@ -85,20 +82,33 @@ def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return raw[offsets[0]:offsets[-1]], offsets - offsets[0]
 
 
+def _spaces(raw: np.ndarray) -> np.ndarray:
+    """Which bytes are ASCII whitespace as ``str.split()`` sees it: \\t \\n \\v \\f \\r,
+    U+001C..U+001F and space (by comparisons, which numpy vectorises)."""
+    return (raw == 32) | ((raw - np.uint8(9)) <= 4) | ((raw - np.uint8(28)) <= 3)
+
+
 def _collapse(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs of ASCII whitespace -> one space, none at either end of a text (bytes level)."""
     lengths = np.diff(offsets)
-    space = _ASCII_SPACE[raw]
-    after = np.concatenate([[True], space[:-1]])  # the byte before is a space or a text start
+    space = _spaces(raw)
+    if not space.any():
+        return raw, offsets
+    after = np.empty(len(raw), dtype=bool)  # the byte before is a space or a text start
+    after[0] = True
+    after[1:] = space[:-1]
     after[offsets[:-1][lengths > 0]] = True
-    keep = ~space | ~after
-    kept = np.concatenate([[0], np.cumsum(keep)])[offsets]
-    out = raw[keep].copy()
+    keep = ~(space & after)
+    out = raw[keep]
+    per = np.add.reduceat(keep, offsets[:-1][lengths > 0]) if len(out) else np.zeros(0, np.int64)
+    counts = np.zeros(len(lengths), dtype=np.int64)
+    counts[lengths > 0] = per
+    kept = np.concatenate([[0], np.cumsum(counts)])
     # a text whose kept bytes end in a space (trailing whitespace) loses that byte
     last = kept[1:] - 1
-    trailing = (kept[1:] > kept[:-1]) & _ASCII_SPACE[out[np.maximum(last, 0)]] if len(out) else \
-        np.zeros(len(lengths), dtype=bool)
-    out[_ASCII_SPACE[out]] = 32
+    out_space = _spaces(out)
+    trailing = (counts > 0) & out_space[np.maximum(last, 0)] if len(out) else counts > 0
+    out[out_space] = 32
     if trailing.any():
         drop = np.ones(len(out), dtype=bool)
         drop[last[trailing]] = False
@@ -109,9 +119,9 @@ def _collapse(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def normalize_bytes(texts: pa.Array | pa.ChunkedArray | list[str], *, punctuation: bool = True
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """``normalize`` of every text at once, as (UTF-8 bytes, offsets): Arrow string
-    kernels for case and (on the rows that are not pure ASCII) NFKC, numpy for the
-    whitespace. A null text normalises to "". (Arrow, not polars: this runs in forked
+    """``normalize`` of every text at once, as (UTF-8 bytes, offsets): numpy on the
+    bytes for ASCII case and whitespace, Arrow string kernels for NFKC and Unicode case
+    on the rows that are not pure ASCII. A null text normalises to "". (Arrow, not polars: this runs in forked
     scorer workers, where polars' thread pool would hang.)"""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
@@ -120,15 +130,16 @@ def normalize_bytes(texts: pa.Array | pa.ChunkedArray | list[str], *, punctuatio
     wide = np.zeros(len(raw) + 1, dtype=np.int64)
     np.cumsum(raw >= 0x80, out=wide[1:])
     other = np.diff(wide[offsets]) > 0  # rows with a non-ASCII byte
-    if other.any():
+    if other.any():  # Unicode work only where there is Unicode
         mask = pa.array(other)
         fixed = pc.replace_substring_regex(pc.utf8_normalize(arr.filter(mask), "NFKC"),
                                            _OTHER_SPACES, " ")
-        arr = pc.replace_with_mask(arr, mask, fixed.cast(arr.type))
-    arr = pc.utf8_lower(arr)
+        arr = pc.replace_with_mask(arr, mask, pc.utf8_lower(fixed).cast(arr.type))
     if not punctuation:
         arr = pc.replace_substring_regex(arr, _NOT_WORD, " ")
-    return _collapse(*_utf8(arr))
+    raw, offsets = _utf8(arr)
+    upper = (raw - np.uint8(65)) < 26  # ASCII A-Z (no UTF-8 sequence holds such a byte)
+    return _collapse(raw + (upper * np.uint8(32)), offsets)
 
 
 def normalize_array(texts: pa.Array | pa.ChunkedArray | list[str], *,
