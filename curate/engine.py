@@ -57,8 +57,8 @@ class Part:
 def read_part(part: Part, columns: list[str]) -> pa.Table:
     """The ``columns`` of the wanted rows of ``part``; the id filter is pushed into the
     Parquet scan."""
-    if part.ids is None:
-        return pq.read_table(part.path, columns=columns)
+    if part.ids is None or len(part.ids) == pq.read_metadata(part.path).num_rows:
+        return pq.read_table(part.path, columns=columns)  # every row (ids are unique)
     return pq.read_table(part.path, columns=columns, filters=pc.field("id").isin(part.ids))
 
 
@@ -184,9 +184,18 @@ def _init_worker(scorer: Scorer) -> None:
     scorer.setup()
 
 
-def _score_in_worker(batch: pa.RecordBatch) -> pa.Table:
+_WORKER_PART: tuple[tuple, pa.Table] | None = None  # the part a worker read last
+
+
+def _score_in_worker(part: Part, columns: list[str], start: int, rows: int) -> pa.Table:
+    """Score rows ``start`` .. ``start + rows`` of a part, read here (once per part), so
+    the parent does not read and ship the data."""
+    global _WORKER_PART
     assert _WORKER_SCORER is not None
-    return score_rows(_WORKER_SCORER, batch)
+    key = (part.path, tuple(columns))
+    if _WORKER_PART is None or _WORKER_PART[0] != key:
+        _WORKER_PART = (key, read_part(part, columns))
+    return score_rows(_WORKER_SCORER, _WORKER_PART[1].slice(start, rows))
 
 
 @register_engine
@@ -218,15 +227,17 @@ class LocalEngine(Engine):
             return
         # fork: works from scripts without a __main__ guard; replicated scorers are plain
         # Python/numpy/pyarrow code (no torch or polars thread pools in the children).
-        # Worker processes get bigger batches: per-task overhead is ~50 ms.
+        # Workers read the parts themselves and get bigger batches (per-task overhead).
         ctx = multiprocessing.get_context("fork")
+        size = max(self.batch_rows, 2048)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(scorer,)) as pool:
             pending: deque = deque()
-            for batch in self.batches(parts, columns, max(self.batch_rows, 2048)):
-                pending.append(pool.submit(_score_in_worker, batch))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
+            for part in parts:
+                for start in range(0, part.rows, size):
+                    pending.append(pool.submit(_score_in_worker, part, columns, start, size))
+                    if len(pending) >= 2 * workers:
+                        yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
         self.info[scorer.name]["setup"] = scorer.describe()
