@@ -250,21 +250,23 @@ def band_keys(frame: pl.DataFrame) -> pa.Table:
             .select("row", "band", "hash").to_arrow())
 
 
-def bucket_pairs(keys: pa.Table, max_bucket_pairs: int = 50) -> pa.Table:
+def bucket_pairs(keys: pa.Table, max_bucket_pairs: int = 20) -> pa.Table:
     """Candidate pairs ``a`` < ``b`` of the rows in ``keys`` (``band_keys``) that share a
     band hash: every pair within a bucket of at most ``max_bucket_pairs`` rows, and each
-    row of a larger bucket joined to its first row."""
-    df = pl.from_arrow(keys)
-    bucket = ["band", "hash"]
-    df = df.join(df.group_by(bucket).agg(k=pl.len(), first=pl.col("row").min())
-                 .filter(pl.col("k") > 1), on=bucket)
-    small = df.filter(pl.col("k") <= max_bucket_pairs).select("row", *bucket)
-    pairs = pl.concat([
-        small.join(small, on=bucket, suffix="_b").filter(pl.col("row") < pl.col("row_b"))
-        .select(a="row", b="row_b"),
-        df.filter((pl.col("k") > max_bucket_pairs) & (pl.col("row") != pl.col("first")))
-        .select(a="first", b="row")])
-    return pairs.unique().to_arrow()
+    row of a larger bucket joined to its first row (so a family of n near-copies gives
+    O(n) pairs per band, not O(n^2)). Made one band at a time, which bounds the joins'
+    memory by one band's rows."""
+    out = []
+    for df in pl.from_arrow(keys).partition_by("band"):
+        df = df.join(df.group_by("hash").agg(k=pl.len(), first=pl.col("row").min())
+                     .filter(pl.col("k") > 1), on="hash")
+        small = df.filter(pl.col("k") <= max_bucket_pairs).select("row", "hash")
+        out += [small.join(small, on="hash", suffix="_b").filter(pl.col("row") < pl.col("row_b"))
+                .select(a="row", b="row_b"),
+                df.filter((pl.col("k") > max_bucket_pairs) & (pl.col("row") != pl.col("first")))
+                .select(a="first", b="row")]
+    schema = {"a": pl.Int64, "b": pl.Int64}
+    return pl.concat(out).unique().to_arrow() if out else pl.DataFrame(schema=schema).to_arrow()
 
 
 def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | None = None
@@ -276,6 +278,10 @@ def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | No
     pairs = pl.from_arrow(map_groups(keys, "hash", fn) if map_groups else fn(keys))
     pairs = pairs.unique().sort("a", "b")
     return np.column_stack([pairs["a"].to_numpy(), pairs["b"].to_numpy()]).astype(np.int64).reshape(-1, 2)
+
+
+#: Candidate pairs verified at a time: their texts and shingle hashes are what is in memory.
+VERIFY_PAIRS = 200_000
 
 
 def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: pa.Array | list[str], ngram: int,
@@ -322,7 +328,7 @@ def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]
 
 def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
             texts: Callable[[list[str]], pa.Array] | None = None, ngram: int = 5,
-            shingle: str = "word", max_bucket_pairs: int = 50,
+            shingle: str = "word", max_bucket_pairs: int = 20,
             map_groups: GroupMap | None = None) -> Decision:
     """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
     candidate pairs whose exact Jaccard of shingles is >= ``threshold`` are joined.
@@ -342,8 +348,12 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
     if verify and len(edges):
         if texts is None:
             raise CurateError("minhash verification needs the row texts")
-        nodes = np.unique(edges)
-        inter, union = shared_shingles(edges, nodes, texts(ids[nodes].tolist()), ngram, shingle)
+        inter, union = np.empty((2, len(edges)), dtype=np.int64)
+        for lo in range(0, len(edges), VERIFY_PAIRS):  # memory: one block's texts and hashes
+            block = edges[lo:lo + VERIFY_PAIRS]
+            nodes = np.unique(block)
+            inter[lo:lo + len(block)], union[lo:lo + len(block)] = shared_shingles(
+                block, nodes, texts(ids[nodes].tolist()), ngram, shingle)
         ok = (inter >= threshold * union) & (union > 0)
         edges, sim = edges[ok], inter[ok] / union[ok]
         facts["removed_by_verification"] = int((~ok).sum())

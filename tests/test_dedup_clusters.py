@@ -185,3 +185,29 @@ def test_the_cli_shows_the_warning(tmp_path):
     assert "no spaces" in proc.stderr and "use --shingle char" in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "no spaces" in ln]
     assert len(lines) == 1 and lines[0].startswith("warning: minhash: "), proc.stderr
+
+
+def test_verification_in_blocks_gives_the_same_decision(monkeypatch):
+    """Candidate pairs are verified a block at a time (bounded memory); small blocks
+    must decide exactly as one block does."""
+    import curate.dedup as D
+
+    texts = toolformer_texts(2500)
+    frame = _frame(texts)
+    by_id = dict(zip(frame["id"], texts))
+    reads: list[int] = []
+
+    def fetch(ids):
+        reads.append(len(ids))
+        return [by_id[i] for i in ids]
+
+    whole = minhash(frame, threshold=0.8, texts=fetch)
+    assert len(reads) == 1
+    monkeypatch.setattr(D, "VERIFY_PAIRS", 97)
+    blocks = minhash(frame, threshold=0.8, texts=fetch)
+    assert len(reads) > 5  # several blocks were read
+    assert whole.facts == blocks.facts and whole.facts["candidate_pairs"] > 500
+    for a, b in ((whole.keep, blocks.keep), (whole.representative, blocks.representative),
+                 (whole.detail, blocks.detail)):
+        assert a.to_list() == b.to_list()
+    assert (~whole.keep).sum() >= 30
