@@ -160,7 +160,7 @@ class MinHash(DecisionStep):
 
         return dedup.minhash(frame, threshold=o["threshold"], keep=o["keep"], verify=o["verify"],
                              texts=texts, ngram=o["ngram"], shingle=o["shingle"],
-                             map_groups=access.map_groups)
+                             map_groups=access.map_groups, say=access.say)
 
 
 @decision

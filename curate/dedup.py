@@ -15,6 +15,7 @@ threshold of the row it names (no chains A~B~C that drop C for A).
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -329,7 +330,8 @@ def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]
 def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
             texts: Callable[[list[str]], pa.Array] | None = None, ngram: int = 5,
             shingle: str = "word", max_bucket_pairs: int = 20,
-            map_groups: GroupMap | None = None) -> Decision:
+            map_groups: GroupMap | None = None, say: Callable[[str], None] | None = None
+            ) -> Decision:
     """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
     candidate pairs whose exact Jaccard of shingles is >= ``threshold`` are joined.
 
@@ -349,11 +351,16 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
         if texts is None:
             raise CurateError("minhash verification needs the row texts")
         inter, union = np.empty((2, len(edges)), dtype=np.int64)
+        begun = time.monotonic()
         for lo in range(0, len(edges), VERIFY_PAIRS):  # memory: one block's texts and hashes
             block = edges[lo:lo + VERIFY_PAIRS]
             nodes = np.unique(block)
             inter[lo:lo + len(block)], union[lo:lo + len(block)] = shared_shingles(
                 block, nodes, texts(ids[nodes].tolist()), ngram, shingle)
+            if say and len(edges) > VERIFY_PAIRS:
+                done, spent = lo + len(block), time.monotonic() - begun
+                say(f"dedup minhash: verified {done:,} of {len(edges):,} candidate pairs "
+                    f"({spent:.0f} s, about {spent * (len(edges) - done) / done:.0f} s left)")
         ok = (inter >= threshold * union) & (union > 0)
         edges, sim = edges[ok], inter[ok] / union[ok]
         facts["removed_by_verification"] = int((~ok).sum())

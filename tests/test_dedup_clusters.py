@@ -204,8 +204,10 @@ def test_verification_in_blocks_gives_the_same_decision(monkeypatch):
     whole = minhash(frame, threshold=0.8, texts=fetch)
     assert len(reads) == 1
     monkeypatch.setattr(D, "VERIFY_PAIRS", 97)
-    blocks = minhash(frame, threshold=0.8, texts=fetch)
-    assert len(reads) > 5  # several blocks were read
+    said: list[str] = []
+    blocks = minhash(frame, threshold=0.8, texts=fetch, say=said.append)
+    assert len(reads) > 5  # several blocks were read, each reported
+    assert len(said) == len(reads) - 1 and said[0].startswith("dedup minhash: verified 97 of ")
     assert whole.facts == blocks.facts and whole.facts["candidate_pairs"] > 500
     for a, b in ((whole.keep, blocks.keep), (whole.representative, blocks.representative),
                  (whole.detail, blocks.detail)):
