@@ -92,8 +92,12 @@ def components(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return smallest[comp]
 
 
+#: ``check(edges)``: which of these candidate edges (indexes into the edge list) are real.
+EdgeCheck = Callable[[np.ndarray], np.ndarray]
+
+
 def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,
-                  max_rounds: int = 64) -> np.ndarray:
+                  max_rounds: int = 64, check: EdgeCheck | None = None) -> np.ndarray:
     """Greedy star clustering in keep order over the edge list (u, v).
 
     The result is what this walk gives: visit nodes best ``rank`` first; a node
@@ -102,15 +106,22 @@ def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,
     representative or a node without edges); a claimed node points at its
     best-ranked representative neighbour, so it is always directly joined to it.
 
+    With ``check`` the edges are candidates, and only the ones the walk needs are
+    checked (a batch at a time): edges from a representative to a node not yet
+    assigned, and at the end those that could give a claimed node a better-ranked
+    representative. An edge between two claimed nodes is never checked, so in a
+    family of near-copies most pairs are not. The result is the walk over the real
+    edges, as if every edge had been checked first.
+
     Computed in rounds over numpy edge arrays (representatives are the
     lexicographically first maximal independent set in rank order): each round
     claims the undecided nodes that have a representative neighbour, then makes
     representatives of the undecided nodes with no better-ranked undecided
-    neighbour. Long chains would need many rounds, so after ``max_rounds`` the
-    rest is walked node by node."""
+    neighbour (over the real and the unchecked edges). Long chains would need many
+    rounds, so after ``max_rounds`` the rest is walked node by node."""
     rep = np.arange(n, dtype=np.int64)
     u, v = np.asarray(u, dtype=np.int64), np.asarray(v, dtype=np.int64)
-    keep = u != v
+    keep = np.flatnonzero(u != v)
     u, v = u[keep], v[keep]
     if len(u) == 0:
         return rep
@@ -120,35 +131,47 @@ def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,
     r = rank[nodes]
     # orient every edge from the better-ranked node (a) to the worse (b)
     swap = r[lu] > r[lv]
-    a0, b0 = np.where(swap, lv, lu), np.where(swap, lu, lv)
-    state = np.zeros(m, dtype=np.int8)  # 0 undecided, 1 representative, 2 claimed
-    a, b = a0, b0
+    a, b = np.where(swap, lv, lu), np.where(swap, lu, lv)
+    real = np.ones(len(a), dtype=np.int8) if check is None else np.zeros(len(a), dtype=np.int8)
 
-    def claim(a, b):
-        state[b[(state[a] == 1) & (state[b] == 0)]] = 2
-        live = (state[a] == 0) & (state[b] == 0)
-        return a[live], b[live]
+    def claim(want: np.ndarray) -> None:
+        """Check the unchecked edges among ``want`` (indexes); claim by the real ones."""
+        todo = want[real[want] == 0]
+        if len(todo):
+            real[todo] = np.where(check(keep[todo]), 1, -1)
+        state[b[want[real[want] == 1]]] = 2
+
+    state = np.zeros(m, dtype=np.int8)  # 0 undecided, 1 representative, 2 claimed
 
     for _ in range(max_rounds):
-        a, b = claim(a, b)
+        claim(np.flatnonzero((state[a] == 1) & (state[b] == 0)))
+        live = (state[a] == 0) & (state[b] == 0) & (real >= 0)
         blocked = np.zeros(m, dtype=bool)
-        blocked[b] = True  # a better-ranked undecided neighbour may still claim it
+        blocked[b[live]] = True  # a better-ranked undecided neighbour may still claim it
         state[(state == 0) & ~blocked] = 1
         if not (state == 0).any():
             break
     else:
-        a, b = claim(a, b)
+        claim(np.flatnonzero((state[a] == 1) & (state[b] == 0)))
         order = np.argsort(a, kind="stable")
-        a, b = a[order], b[order]
-        start = np.searchsorted(a, np.arange(m + 1))
+        start = np.searchsorted(a[order], np.arange(m + 1))
         for x in np.flatnonzero(state == 0)[np.argsort(r[state == 0], kind="stable")]:
             if state[x] == 0:
                 state[x] = 1
-                out = b[start[x]:start[x + 1]]
-                state[out[state[out] == 0]] = 2
-    # a claimed node goes to its best-ranked representative neighbour
-    hit = (state[a0] == 1) & (state[b0] == 2)
-    ha, hb = a0[hit], b0[hit]
+                out = order[start[x]:start[x + 1]]
+                claim(out[state[b[out]] == 0])
+    # a claimed node goes to its best-ranked representative neighbour: check the edges
+    # from representatives better than the best one it has a real edge to
+    while True:
+        hit = (state[a] == 1) & (state[b] == 2) & (real == 1)
+        best = np.full(m, np.iinfo(np.int64).max)
+        np.minimum.at(best, b[hit], r[a[hit]])
+        want = np.flatnonzero((state[a] == 1) & (state[b] == 2) & (real == 0) & (r[a] < best[b]))
+        if not len(want):
+            break
+        real[want] = np.where(check(keep[want]), 1, -1)
+    hit = (state[a] == 1) & (state[b] == 2) & (real == 1)
+    ha, hb = a[hit], b[hit]
     order = np.lexsort((r[ha], hb))
     first = np.unique(hb[order], return_index=True)[1]
     rep[nodes[hb[order][first]]] = nodes[ha[order][first]]
@@ -347,29 +370,39 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
     facts = {"candidate_pairs": len(edges)}
     ids = frame["id"].to_numpy()
     how = ""
+    rank = priority(frame, keep)
+    sim = np.full(len(edges), np.nan)
     if verify and len(edges):
         if texts is None:
             raise CurateError("minhash verification needs the row texts")
-        inter, union = np.empty((2, len(edges)), dtype=np.int64)
-        begun = time.monotonic()
-        for lo in range(0, len(edges), VERIFY_PAIRS):  # memory: one block's texts and hashes
-            block = edges[lo:lo + VERIFY_PAIRS]
-            nodes = np.unique(block)
-            inter[lo:lo + len(block)], union[lo:lo + len(block)] = shared_shingles(
-                block, nodes, texts(ids[nodes].tolist()), ngram, shingle)
-            if say and len(edges) > VERIFY_PAIRS:
-                done, spent = lo + len(block), time.monotonic() - begun
-                say(f"dedup minhash: verified {done:,} of {len(edges):,} candidate pairs "
-                    f"({spent:.0f} s, about {spent * (len(edges) - done) / done:.0f} s left)")
-        ok = (inter >= threshold * union) & (union > 0)
-        edges, sim = edges[ok], inter[ok] / union[ok]
-        facts["removed_by_verification"] = int((~ok).sum())
+        begun, done = time.monotonic(), [0, 0]
+
+        def check(which: np.ndarray) -> np.ndarray:
+            """Exact Jaccard of these candidate pairs, a block at a time (bounded memory)."""
+            ok = np.zeros(len(which), dtype=bool)
+            for lo in range(0, len(which), VERIFY_PAIRS):
+                part = which[lo:lo + VERIFY_PAIRS]
+                block = edges[part]
+                nodes = np.unique(block)
+                inter, union = shared_shingles(block, nodes, texts(ids[nodes].tolist()), ngram,
+                                               shingle)
+                good = (inter >= threshold * union) & (union > 0)
+                sim[part] = inter / np.maximum(union, 1)
+                ok[lo:lo + len(part)] = good
+                done[0] += len(part)
+                done[1] += int((~good).sum())
+                if say and len(which) > VERIFY_PAIRS:
+                    say(f"dedup minhash: verified {done[0]:,} candidate pairs of at most "
+                        f"{len(edges):,} ({time.monotonic() - begun:.0f} s)")
+            return ok
+
+        rep = star_clusters(n, edges[:, 0], edges[:, 1], rank, check=check)
+        facts["verified_pairs"], facts["removed_by_verification"] = done
     elif len(edges):
         sim, how = _estimates(frame, edges)
+        rep = star_clusters(n, edges[:, 0], edges[:, 1], rank)
     else:
-        sim = np.zeros(0)
-    rank = priority(frame, keep)
-    rep = star_clusters(n, edges[:, 0], edges[:, 1], rank)
+        rep = np.arange(n, dtype=np.int64)
     # the edge that joins each dropped row to its representative (edges are i < j, sorted)
     dropped = np.flatnonzero(rep != np.arange(n))
     key = edges[:, 0] * n + edges[:, 1]

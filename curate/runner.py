@@ -407,15 +407,18 @@ class PlanRunner:
                        parts: list[Path]) -> None:
         staging = run.work / "out"
         shutil.rmtree(staging, ignore_errors=True)
-        keep_ids = frame.filter("_alive")["id"].to_arrow()
         score_cols = [c for c in frame.columns
                       if c not in (*FRAME_BASE, *self.data_columns, *FRAME_PRIVATE)]
+        by_part = frame.select("_part", "_alive", "id", *score_cols).partition_by(
+            "_part", as_dict=True)
+        empty = frame.select("_alive", "id", *score_cols).clear()
         for part in parts:
-            table = pq.read_table(part)
-            sel = table.filter(pc.is_in(table["id"], value_set=keep_ids))
-            write_table(sel, staging / "selected" / part.name)
-            scores = frame.filter(pl.col("_part") == part.name).select("id", *score_cols)
-            write_table(scores.to_arrow(), staging / "scores" / part.name)
+            rows = by_part.get((part.name,), empty)
+            table = pq.read_table(part)  # the part's own kept ids: a small set to look up
+            keep_ids = rows.filter("_alive")["id"].to_arrow()
+            write_table(table.filter(pc.is_in(table["id"], value_set=keep_ids)),
+                        staging / "selected" / part.name)
+            write_table(rows.select("id", *score_cols).to_arrow(), staging / "scores" / part.name)
         write_table(rejected.to_arrow().cast(REJECTED_SCHEMA), staging / "rejected" / "part-00000.parquet")
         for name in ("selected", "scores", "rejected"):
             (staging / name).mkdir(parents=True, exist_ok=True)

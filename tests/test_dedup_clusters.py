@@ -202,14 +202,48 @@ def test_verification_in_blocks_gives_the_same_decision(monkeypatch):
         return [by_id[i] for i in ids]
 
     whole = minhash(frame, threshold=0.8, texts=fetch)
-    assert len(reads) == 1
-    monkeypatch.setattr(D, "VERIFY_PAIRS", 97)
+    calls = len(reads)  # one per round of the walk that had pairs to check
+    monkeypatch.setattr(D, "VERIFY_PAIRS", 7)
     said: list[str] = []
     blocks = minhash(frame, threshold=0.8, texts=fetch, say=said.append)
-    assert len(reads) > 5  # several blocks were read, each reported
-    assert len(said) == len(reads) - 1 and said[0].startswith("dedup minhash: verified 97 of ")
+    assert len(reads) - calls > 2 * calls  # blocks of 7 pairs, the long ones reported
+    assert said and said[0].startswith("dedup minhash: verified 7 candidate pairs of at most ")
     assert whole.facts == blocks.facts and whole.facts["candidate_pairs"] > 500
     for a, b in ((whole.keep, blocks.keep), (whole.representative, blocks.representative),
                  (whole.detail, blocks.detail)):
         assert a.to_list() == b.to_list()
     assert (~whole.keep).sum() >= 30
+
+
+@pytest.mark.parametrize("corpus", ["toolformer", "families"])
+def test_checking_only_the_edges_the_walk_needs_gives_the_same_clusters(corpus):
+    """star_clusters with ``check`` (edges checked when the walk needs them) equals the
+    walk over the edges that pass when every one is checked first, on real rows:
+    toolformer's template copies, and families of 20 edited copies of real texts."""
+    import random
+
+    from curate.dedup import _pairs, priority, shared_shingles
+
+    if corpus == "toolformer":
+        texts = toolformer_texts(2500)
+    else:
+        texts, _ = T.make_corpus(random.Random(0).sample(T.real_texts(), 4000), 3000, 0.95, seed=3)
+    frame = _frame(texts, bands=16, rows=8)
+    edges = _pairs(frame, 20)
+    nodes = np.unique(edges)
+    inter, union = shared_shingles(edges, nodes, [texts[i] for i in nodes], 5, "word")
+    ok = inter >= 0.8 * union
+    rank = priority(frame, "first")
+    eager = star_clusters(len(texts), edges[ok, 0], edges[ok, 1], rank)
+    asked: list[int] = []
+
+    def check(which):
+        asked.extend(which.tolist())
+        return ok[which]
+
+    lazy = star_clusters(len(texts), edges[:, 0], edges[:, 1], rank, check=check)
+    assert np.array_equal(eager, lazy)
+    assert len(asked) == len(set(asked))  # no edge checked twice
+    assert (eager != np.arange(len(texts))).sum() > 20
+    if corpus == "families":  # most pairs inside a family join two claimed copies
+        assert len(asked) < 0.5 * len(edges), (len(asked), len(edges))
