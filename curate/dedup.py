@@ -305,7 +305,7 @@ def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | No
 
 
 #: Candidate pairs verified at a time: their texts and shingle hashes are what is in memory.
-VERIFY_PAIRS = 200_000
+VERIFY_PAIRS = 100_000
 
 
 def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: pa.Array | list[str], ngram: int,
