@@ -3,9 +3,10 @@
 A decision step (``exact``, ``minhash``, ``semantic``, ``decontaminate``) is
 added to a pipeline as the score step it needs plus a ``Dedup`` step; the plan
 runner hands its ``decide`` the compact frame of alive rows (only the columns
-the step declares) and ``Access`` to the engine: rows by id, and a group-wise map
-that runs where the engine runs (on a cluster for the Ray engine). Each step's ``options``
-table holds every option and its default, read by the DSL and the CLI alike.
+the step declares) and ``Access`` to the engine: rows by id, and on a distributed
+engine a group-wise map that runs on its cluster (None on the local engine). Each
+step's ``options`` table holds every option and its default, read by the DSL and the
+CLI alike.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Access:
     """What a decision step may ask of the engine and the run."""
 
     rows: RowReader
-    map_groups: GroupMap
+    map_groups: GroupMap | None  # None: work in this process (the local engine)
     say: Say
 
 

@@ -125,13 +125,18 @@ def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,
     u, v = u[keep], v[keep]
     if len(u) == 0:
         return rep
-    nodes, inv = np.unique(np.concatenate([u, v]), return_inverse=True)
+    present = np.zeros(n, dtype=bool)
+    present[u] = present[v] = True
+    nodes = np.flatnonzero(present)  # the nodes with edges, numbered 0..m-1 (int32: memory)
     m = len(nodes)
-    lu, lv = inv[:len(u)], inv[len(u):]
+    local = (np.cumsum(present) - 1).astype(np.int32)
+    lu, lv = local[u], local[v]
+    del present, local, u, v
     r = rank[nodes]
     # orient every edge from the better-ranked node (a) to the worse (b)
     swap = r[lu] > r[lv]
     a, b = np.where(swap, lv, lu), np.where(swap, lu, lv)
+    del lu, lv, swap
     real = np.ones(len(a), dtype=np.int8) if check is None else np.zeros(len(a), dtype=np.int8)
 
     def claim(want: np.ndarray) -> None:
@@ -280,28 +285,45 @@ def bucket_pairs(keys: pa.Table, max_bucket_pairs: int = 20) -> pa.Table:
     row of a larger bucket joined to its first row (so a family of n near-copies gives
     O(n) pairs per band, not O(n^2)). Made one band at a time, which bounds the joins'
     memory by one band's rows."""
-    out = []
-    for df in pl.from_arrow(keys).partition_by("band"):
-        df = df.join(df.group_by("hash").agg(k=pl.len(), first=pl.col("row").min())
-                     .filter(pl.col("k") > 1), on="hash")
-        small = df.filter(pl.col("k") <= max_bucket_pairs).select("row", "hash")
-        out += [small.join(small, on="hash", suffix="_b").filter(pl.col("row") < pl.col("row_b"))
-                .select(a="row", b="row_b"),
-                df.filter((pl.col("k") > max_bucket_pairs) & (pl.col("row") != pl.col("first")))
-                .select(a="first", b="row")]
+    out = [_band_pairs(df, max_bucket_pairs) for df in pl.from_arrow(keys).partition_by("band")]
     schema = {"a": pl.Int64, "b": pl.Int64}
     return pl.concat(out).unique().to_arrow() if out else pl.DataFrame(schema=schema).to_arrow()
+
+
+def _band_pairs(df: pl.DataFrame, max_bucket_pairs: int) -> pl.DataFrame:
+    """``bucket_pairs`` of one band's ``row`` and ``hash``."""
+    df = df.join(df.group_by("hash").agg(k=pl.len(), first=pl.col("row").min())
+                 .filter(pl.col("k") > 1), on="hash")
+    small = df.filter(pl.col("k") <= max_bucket_pairs).select("row", "hash")
+    return pl.concat([
+        small.join(small, on="hash", suffix="_b").filter(pl.col("row") < pl.col("row_b"))
+        .select(a="row", b="row_b"),
+        df.filter((pl.col("k") > max_bucket_pairs) & (pl.col("row") != pl.col("first")))
+        .select(a="first", b="row")])
 
 
 def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | None = None
            ) -> np.ndarray:
     """Candidate pairs (i < j, row indexes, sorted): rows sharing a band hash, grouped by
-    hash with ``map_groups`` (the engine's; here in this process by default)."""
-    keys = band_keys(frame)
-    fn = partial(bucket_pairs, max_bucket_pairs=max_bucket_pairs)
-    pairs = pl.from_arrow(map_groups(keys, "hash", fn) if map_groups else fn(keys))
-    pairs = pairs.unique().sort("a", "b")
-    return np.column_stack([pairs["a"].to_numpy(), pairs["b"].to_numpy()]).astype(np.int64).reshape(-1, 2)
+    hash with ``map_groups`` (a distributed engine's), or in this process one band at a
+    time, the pairs made unique as they come (memory: one band's keys and the pairs)."""
+    if map_groups is not None:
+        pairs = pl.from_arrow(map_groups(band_keys(frame), "hash",
+                                         partial(bucket_pairs, max_bucket_pairs=max_bucket_pairs)))
+        pairs = pairs.unique().sort("a", "b")
+        return np.column_stack([pairs["a"].to_numpy(), pairs["b"].to_numpy()]).astype(np.int64).reshape(-1, 2)
+    n = frame.height
+    bands = frame.select(pl.col("minhash_bands").list.len().max()).item() or 0
+    keys = [pl.Series("k", [], dtype=pl.Int64)]  # pair (a, b) as a * n + b
+    for band in range(bands):
+        rows = frame.select(row=pl.int_range(pl.len(), dtype=pl.Int64),
+                            hash=pl.col("minhash_bands").list.get(band, null_on_oob=True)
+                            ).drop_nulls("hash")
+        keys.append(_band_pairs(rows, max_bucket_pairs).select(k=pl.col("a") * n + pl.col("b"))["k"])
+        if len(keys) > 4:  # most pairs repeat in several bands: keep them unique
+            keys = [pl.concat(keys).unique()]
+    key = np.sort(pl.concat(keys).unique().to_numpy())
+    return np.column_stack([key // max(n, 1), key % max(n, 1)]).astype(np.int64).reshape(-1, 2)
 
 
 #: Candidate pairs verified at a time: their texts and shingle hashes are what is in memory.
@@ -316,20 +338,26 @@ def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: pa.Array | list
     intersection of an edge is how many keys of the smaller row, re-keyed with the
     other row, are keys of that row: one hash-set lookup per shingle."""
     hashes, counts = shingle_hashes(texts, ngram, shingle, threads=os.cpu_count() or 1)
+    del texts
     with np.errstate(over="ignore"):
         salt = fmix64(nodes.astype(np.uint64) + np.uint64(1))
-        node_of = np.repeat(np.arange(len(nodes)), counts)
+        node_of = np.repeat(np.arange(len(nodes), dtype=np.int32), counts)
         keys = pl.Series(hashes ^ salt[node_of])
         first = keys.is_first_distinct().to_numpy()  # each row's set: its first copies
         hashes, node_of, keys = hashes[first], node_of[first], keys.filter(first)
         size = np.bincount(node_of, minlength=len(nodes))
+        del node_of, first
         start = np.concatenate([[0], np.cumsum(size)])
         a, b = np.searchsorted(nodes, edges[:, 0]), np.searchsorted(nodes, edges[:, 1])
         a, b = np.where(size[a] <= size[b], a, b), np.where(size[a] <= size[b], b, a)
         per = size[a]  # the smaller row's shingles, each looked up among the other's
-        edge_of = np.repeat(np.arange(len(edges)), per)
-        at = np.arange(len(edge_of)) - np.repeat(np.cumsum(per) - per, per) + start[a][edge_of]
-        hit = pl.Series(hashes[at] ^ salt[b][edge_of]).is_in(keys.implode()).to_numpy()
+        edge_of = np.repeat(np.arange(len(edges), dtype=np.int32), per)
+        at = np.repeat(start[a] - (np.cumsum(per) - per), per)
+        at += np.arange(len(edge_of))
+        probe = hashes[at]
+        del at, hashes
+        probe ^= salt[b][edge_of]
+        hit = pl.Series(probe).is_in(keys.implode()).to_numpy()
     inter = np.bincount(edge_of[hit], minlength=len(edges)).astype(np.int64)
     return inter, size[a] + size[b] - inter
 

@@ -140,6 +140,7 @@ class RayEngine(Engine):
     """Ray Data on a local or remote Ray cluster (see the module docstring)."""
 
     name = "ray"
+    distributed = True
 
     def __init__(self, *, address: str | None = None, **options: Any):
         super().__init__(**options)

@@ -247,7 +247,7 @@ class PlanRunner:
         rejected = [ingest_rejected]
         for i, step in enumerate(self.pipe.steps):
             t = time.monotonic()
-            alive = frame.filter("_alive")
+            alive = frame if frame["_alive"].all() else frame.filter("_alive")  # no copy
             if isinstance(step, Score):
                 scorer = self.scorers[i]
                 scores, failed, info = self._score(scorer, alive)
@@ -401,7 +401,8 @@ class PlanRunner:
             return self.engine.read_rows(parts_of(where.filter(pl.col("id").is_in(ids)), self.data),
                                          cols)
 
-        return decision.decide(frame, step.options, Access(rows, self.engine.map_groups, self.log.info))
+        groups = self.engine.map_groups if self.engine.distributed else None
+        return decision.decide(frame, step.options, Access(rows, groups, self.log.info))
 
     def _write_outputs(self, run: Run, frame: pl.DataFrame, rejected: pl.DataFrame,
                        parts: list[Path]) -> None:

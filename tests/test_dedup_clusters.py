@@ -247,3 +247,15 @@ def test_checking_only_the_edges_the_walk_needs_gives_the_same_clusters(corpus):
     assert (eager != np.arange(len(texts))).sum() > 20
     if corpus == "families":  # most pairs inside a family join two claimed copies
         assert len(asked) < 0.5 * len(edges), (len(asked), len(edges))
+
+
+def test_pairs_one_band_at_a_time_equal_the_grouped_pairs():
+    """The local engine makes candidate pairs band by band; a distributed engine groups
+    all band keys at once (``bucket_pairs`` under its ``map_groups``): the same pairs."""
+    from curate.dedup import _pairs
+
+    frame = _frame(toolformer_texts(2500), bands=16, rows=8)
+    for cap in (3, 20):
+        local = _pairs(frame, cap)
+        grouped = _pairs(frame, cap, map_groups=lambda table, key, fn: fn(table))
+        assert np.array_equal(local, grouped) and len(local) > 500
