@@ -186,7 +186,8 @@ def _same(original: pa.ChunkedArray, canonical: pa.Array) -> bool:
 
 
 #: What Python's ``str.isspace`` is true of, as a regex class (Arrow's RE2).
-_BLANK = r"^[\t\n\x0b\x0c\r\x1c-\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]*$"
+_BLANK = (r"^[\t\n\x0b\x0c\r\x1c-\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
+          r"\x{202f}\x{205f}\x{3000}]*$")
 
 
 def _plain_text(chunk: Chunk, chosen: ad.Adapter | None, state: IngestState, ids: RowIds,

@@ -70,7 +70,6 @@ _OTHER_SPACES = "[\u0085\u1680\u2028\u2029]"
 #: ``[^\w\s]`` of Python's ``re`` in RE2 (Arrow's regex), whose ``\w`` and ``\s`` are ASCII.
 _NOT_WORD = r"[^\pL\pN_\s\x0b\x1c-\x1f\x{85}\x{1680}\x{2028}\x{2029}]"
 _POLY = 0x100000001B3 * 2 + 1  # odd: invertible modulo 2^64
-_MASK64 = (1 << 64) - 1
 
 
 def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +120,8 @@ def normalize_bytes(texts: pa.Array | pa.ChunkedArray | list[str], *, punctuatio
                     ) -> tuple[np.ndarray, np.ndarray]:
     """``normalize`` of every text at once, as (UTF-8 bytes, offsets): numpy on the
     bytes for ASCII case and whitespace, Arrow string kernels for NFKC and Unicode case
-    on the rows that are not pure ASCII. A null text normalises to "". (Arrow, not polars: this runs in forked
-    scorer workers, where polars' thread pool would hang.)"""
+    on the rows that are not pure ASCII. A null text normalises to "". (Arrow, not
+    polars: this runs in forked scorer workers, where polars' thread pool would hang.)"""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     arr = (texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())).fill_null("")
