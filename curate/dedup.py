@@ -326,8 +326,10 @@ def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | No
     return np.column_stack([key // max(n, 1), key % max(n, 1)]).astype(np.int64).reshape(-1, 2)
 
 
-#: Candidate pairs verified at a time: their texts and shingle hashes are what is in memory.
+#: Candidate pairs verified at a time, and shingles looked up at a time (the smaller row's
+#: of each pair): their texts and shingle hashes are what verification holds in memory.
 VERIFY_PAIRS = 100_000
+VERIFY_SHINGLES = 20_000_000
 
 
 def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: pa.Array | list[str], ngram: int,
@@ -405,11 +407,19 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
             raise CurateError("minhash verification needs the row texts")
         begun, done = time.monotonic(), [0, 0]
 
+        size = np.zeros(n, dtype=np.int64)  # shingles a row (a block's lookups: the smaller's)
+        if "minhash_shingles" in frame.columns:
+            size[:] = frame["minhash_shingles"].fill_null(0).to_numpy()
+
         def check(which: np.ndarray) -> np.ndarray:
-            """Exact Jaccard of these candidate pairs, a block at a time (bounded memory)."""
+            """Exact Jaccard of these candidate pairs, a block at a time (bounded memory:
+            at most VERIFY_PAIRS pairs and VERIFY_SHINGLES shingles looked up)."""
             ok = np.zeros(len(which), dtype=bool)
-            for lo in range(0, len(which), VERIFY_PAIRS):
-                part = which[lo:lo + VERIFY_PAIRS]
+            cost = np.cumsum(np.minimum(size[edges[which, 0]], size[edges[which, 1]]) + 1)
+            lo = 0
+            while lo < len(which):
+                below = int(np.searchsorted(cost, (cost[lo - 1] if lo else 0) + VERIFY_SHINGLES))
+                part = which[lo:max(lo + 1, min(lo + VERIFY_PAIRS, below))]
                 block = edges[part]
                 nodes = np.unique(block)
                 inter, union = shared_shingles(block, nodes, texts(ids[nodes].tolist()), ngram,
@@ -419,7 +429,8 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
                 ok[lo:lo + len(part)] = good
                 done[0] += len(part)
                 done[1] += int((~good).sum())
-                if say and len(which) > VERIFY_PAIRS:
+                lo += len(part)
+                if say and len(part) < len(which):
                     say(f"dedup minhash: verified {done[0]:,} candidate pairs of at most "
                         f"{len(edges):,} ({time.monotonic() - begun:.0f} s)")
             return ok

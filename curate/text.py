@@ -99,9 +99,8 @@ def _collapse(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndar
     after[offsets[:-1][lengths > 0]] = True
     keep = ~(space & after)
     out = raw[keep]
-    per = np.add.reduceat(keep, offsets[:-1][lengths > 0]) if len(out) else np.zeros(0, np.int64)
-    counts = np.zeros(len(lengths), dtype=np.int64)
-    counts[lengths > 0] = per
+    counts = np.zeros(len(lengths), dtype=np.int64)  # kept bytes per text
+    counts[lengths > 0] = np.add.reduceat(keep, offsets[:-1][lengths > 0])
     kept = np.concatenate([[0], np.cumsum(counts)])
     # a text whose kept bytes end in a space (trailing whitespace) loses that byte
     last = kept[1:] - 1

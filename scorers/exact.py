@@ -18,7 +18,9 @@ from curate.text import field_array, normalize_bytes
 class ExactHash(Scorer):
     """xxh3 of the text after Unicode (NFKC), case and whitespace normalisation
     (and punctuation removal with ``punctuation=False``); empty texts get null.
-    Normalised for a whole batch at once (``curate.text.normalize_bytes``)."""
+    Normalised for a whole batch at once (``curate.text.normalize_bytes``), whose
+    Unicode case mapping is Arrow's one character to one (final sigma and dotted
+    capital I differ from ``str.lower``)."""
 
     name: ClassVar[str] = "exact"
     version: ClassVar[str] = "2"

@@ -112,10 +112,10 @@ def oph_signatures(hashes: np.ndarray, counts: np.ndarray, num_perm: int, seed: 
         ok = filled[src]
         sig[empty[ok]] = sig[src[ok]]
         empty, base, want = empty[~ok], base[~ok], want[~ok]
-    if len(empty):  # the rest (docs with few shingles): the first hit in the whole order
-        tries = base[:, None] + order[want]
-        src = tries[np.arange(len(empty)), filled[tries].argmax(axis=1)]
-        sig[empty] = sig[src]
+    for lo in range(0, len(empty), 4096):  # the rest (docs with few shingles): the first
+        part = slice(lo, lo + 4096)         # hit in the whole order, a slice at a time
+        tries = base[part, None] + order[want[part]]
+        sig[empty[part]] = sig[tries[np.arange(len(tries)), filled[tries].argmax(axis=1)]]
     return sig.reshape(docs, k)
 
 

@@ -209,9 +209,15 @@ def test_verification_in_blocks_gives_the_same_decision(monkeypatch):
     assert len(reads) - calls > 2 * calls  # blocks of 7 pairs, the long ones reported
     assert said and said[0].startswith("dedup minhash: verified 7 candidate pairs of at most ")
     assert whole.facts == blocks.facts and whole.facts["candidate_pairs"] > 500
-    for a, b in ((whole.keep, blocks.keep), (whole.representative, blocks.representative),
-                 (whole.detail, blocks.detail)):
-        assert a.to_list() == b.to_list()
+    monkeypatch.setattr(D, "VERIFY_PAIRS", 100_000)
+    monkeypatch.setattr(D, "VERIFY_SHINGLES", 2_000)  # blocks bounded by shingles looked up
+    before = len(reads)
+    by_shingles = minhash(frame, threshold=0.8, texts=fetch)
+    assert len(reads) - before > 2 * calls
+    for other in (blocks, by_shingles):
+        for a, b in ((whole.keep, other.keep), (whole.representative, other.representative),
+                     (whole.detail, other.detail)):
+            assert a.to_list() == b.to_list()
     assert (~whole.keep).sum() >= 30
 
 

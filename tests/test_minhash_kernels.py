@@ -11,6 +11,7 @@ import pytest
 
 from conftest import DATA
 from curate.dedup import shared_shingles
+from curate.hashing import hash_text
 from curate.ingest import ingest
 from curate.text import normalize, normalize_array, shingle_hashes, shingles
 from scorers.minhash import oph_signatures, signatures
@@ -47,6 +48,20 @@ def test_shingle_hashes_match_the_python_shingles(kind):
             assert seen.setdefault(s, h) == h, (s, i)
     assert len(set(seen.values())) == len(seen)  # and different ones different hashes
     assert len(seen) > (20_000 if kind == "word" else 50_000)
+
+
+def test_batches_of_blank_texts_normalise_to_empty():
+    """A batch (or a chunk of one) whose every text is whitespace or, without
+    punctuation, only punctuation: empty texts, no shingles, null exact hashes."""
+    from scorers.exact import ExactHash
+
+    assert normalize_array(["   ", " \n\t ", ""]).to_pylist() == ["", "", ""]
+    assert normalize_array(["...", "?!"], punctuation=False).to_pylist() == ["", ""]
+    hashes, counts = shingle_hashes(real_texts()[:5] + [" \n "], chunk=5)  # last chunk blank
+    assert counts.tolist()[-1] == 0 and counts.min() == 0 and len(hashes) == counts.sum() > 0
+    batch = pa.record_batch({"text": ["   ", "?!"]})
+    assert ExactHash().score(batch)["exact_hash"] == [None, hash_text("?!")]
+    assert ExactHash(punctuation=False).score(batch)["exact_hash"] == [None, None]
 
 
 def test_normalize_array_equals_normalize_on_real_rows():
