@@ -139,12 +139,15 @@ def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,
     del lu, lv, swap
     real = np.ones(len(a), dtype=np.int8) if check is None else np.zeros(len(a), dtype=np.int8)
 
-    def claim(want: np.ndarray) -> None:
-        """Check the unchecked edges among ``want`` (indexes); claim by the real ones."""
+    def checked(want: np.ndarray) -> np.ndarray:
+        """Check the unchecked edges among ``want`` (indexes); the real ones of them."""
         todo = want[real[want] == 0]
         if len(todo):
             real[todo] = np.where(check(keep[todo]), 1, -1)
-        state[b[want[real[want] == 1]]] = 2
+        return want[real[want] == 1]
+
+    def claim(want: np.ndarray) -> None:
+        state[b[checked(want)]] = 2
 
     state = np.zeros(m, dtype=np.int8)  # 0 undecided, 1 representative, 2 claimed
 
@@ -174,7 +177,7 @@ def star_clusters(n: int, u: np.ndarray, v: np.ndarray, rank: np.ndarray,
         want = np.flatnonzero((state[a] == 1) & (state[b] == 2) & (real == 0) & (r[a] < best[b]))
         if not len(want):
             break
-        real[want] = np.where(check(keep[want]), 1, -1)
+        checked(want)
     hit = (state[a] == 1) & (state[b] == 2) & (real == 1)
     ha, hb = a[hit], b[hit]
     order = np.lexsort((r[ha], hb))

@@ -296,7 +296,7 @@ def ingest_file(root: Path, file: Path, state: IngestState, stats: IngestStats, 
         if not chunk.num_rows and not chunk.errors:
             continue
         if columns and chunk.num_rows and file_rows == 0:
-            names = set().union(*(r.keys() for r in chunk.head(chunk.num_rows)))
+            names = set().union(*(r.keys() for r in chunk.rows))  # the row path needs them
             missing = sorted(src for src in columns.values() if src not in names)
             if missing:
                 raise InputError(f"{file}: no column(s) {missing} to map; its columns are "

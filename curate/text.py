@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate.errors import CurateError
-from curate.schema import full_texts, prompt_texts, response_texts
+from curate.schema import full_texts, kind_of, prompt_texts, response_texts
 
 #: Which text of a row a scorer reads: the whole conversation, the prompt or the response.
 FIELDS = {"all": full_texts, "prompt": prompt_texts, "response": response_texts}
@@ -54,8 +54,7 @@ def field_texts(batch: pa.RecordBatch | pa.Table, fields: str) -> list[str]:
 
 def field_array(batch: pa.RecordBatch | pa.Table, fields: str) -> pa.Array:
     """``field_texts`` as a string array; text rows' own column as is (nulls as "")."""
-    if fields in ("all", "response") and "text" in batch.schema.names and \
-            "messages" not in batch.schema.names and "chosen" not in batch.schema.names:
+    if fields in ("all", "response") and kind_of(batch.schema) == "text":
         col = batch.column("text")
         col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
         return col.fill_null("").cast(pa.string())

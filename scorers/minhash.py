@@ -195,4 +195,4 @@ class MinHash(Scorer):
         return {"minhash_bands": pc.if_else(has, band_list.cast(pa.list_(pa.uint64())), null),
                 "minhash_sketch": pc.if_else(has, sketch.cast(pa.binary()), null),
                 "minhash_shingles": pa.array(counts, pa.int32()),
-                "minhash_chars": pc.utf8_length(texts.fill_null("")).cast(pa.int64())}
+                "minhash_chars": pc.utf8_length(texts).cast(pa.int64())}
