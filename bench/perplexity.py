@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
 
     gpu = torch.cuda.is_available()
-    budget = args.max_batch_tokens or (65536 if gpu else 4096)
+    budget = args.max_batch_tokens or (65536 if gpu else None)  # None: the CPU default
 
     def scorer_for(dtype):
         sc = get_scorer("perplexity", model=args.model, dtype=dtype, max_length=args.max_length,
@@ -106,7 +106,7 @@ def main() -> None:
     lengths = sorted(len(s.ids) for s in seqs)
     print(f"device {fp32._lm.device}, default dtype {default.effective_dtype()}, {len(seqs)} rows, "
           f"{tokens} tokens (length min {lengths[0]}, median {lengths[len(lengths) // 2]}, "
-          f"max {lengths[-1]}), GPU token budget {budget}")
+          f"max {lengths[-1]}), token budget per pass {budget or 'one sequence (CPU)'}")
     warm = seqs[:4]
     modes = {"plain": lambda s: naive(fp32, s, 1), "padded-8": lambda s: naive(fp32, s, 8),
              "curate-fp32": lambda s: ours(fp32, s, "fp32"),

@@ -19,6 +19,7 @@ import click
 
 from curate.decisions import DECISIONS, dedup_methods
 from curate.errors import CurateError
+from curate.memory import freeze_gc
 
 MINHASH = DECISIONS["minhash"].options  # the DSL's defaults, shown by the CLI
 SEMANTIC = DECISIONS["semantic"].options
@@ -809,6 +810,7 @@ def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2."""
     try:
         cli(standalone_mode=False)
+        freeze_gc()  # nothing left to collect that matters: exit without walking the heap
     except CurateError as err:
         if _debug():
             traceback.print_exc()

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from curate.errors import CurateError
 from curate.ingest import IngestStats, ingest
+from curate.memory import freeze_gc, release_freed
 from curate.run import write_table
 from curate.scorer import Scorer
 from curate.steps import Read
@@ -80,6 +81,7 @@ def score_rows(scorer: Scorer, data: pa.RecordBatch | pa.Table) -> pa.Table:
     try:
         scores = scorer.score_batch(data)
         errors = pa.nulls(data.num_rows, pa.string())
+        release_freed()
     except CurateError:
         raise
     except Exception as err:
@@ -224,6 +226,7 @@ class LocalEngine(Engine):
         self.info[scorer.name] = {"workers": workers}
         if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
             scorer.setup()
+            freeze_gc()
             self.info[scorer.name]["setup"] = scorer.describe()
             for batch in self.batches(parts, columns, scorer.batch_rows or self.batch_rows):
                 yield score_rows(scorer, batch)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -41,6 +40,7 @@ from curate.errors import CurateError, RunError
 from curate.explain import filter_detail
 from curate.hashing import hash_json
 from curate.ingest import IngestStats
+from curate.memory import peak_rss_mb
 from curate.models import cache_home
 from curate.progress import Log
 from curate.readers import fingerprint, list_files
@@ -54,18 +54,6 @@ if TYPE_CHECKING:
 
 FRAME_BASE = ("id", "source", "prompt_id")
 FRAME_PRIVATE = ("_part", "_alive", "_order")
-
-
-def peak_rss_mb() -> dict[str, int]:
-    """Peak resident memory so far, in MB: this process, and the largest of its finished
-    worker processes (Linux reports the largest child, not their sum)."""
-    import resource
-
-    def mb(who: int) -> int:
-        kb = resource.getrusage(who).ru_maxrss
-        return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024))
-
-    return {"main": mb(resource.RUSAGE_SELF), "largest_worker": mb(resource.RUSAGE_CHILDREN)}
 
 
 def _now() -> str:

@@ -165,6 +165,22 @@ def test_bf16_embeddings_agree_with_float32(emb):
     assert e32.cache_key() != e16.cache_key()
 
 
+def test_a_vector_does_not_depend_on_its_batch_mates(emb, monkeypatch):
+    """On a CPU only windows of one length share a pass, so a text's vector is the same
+    bit for bit whichever texts are embedded with it, in the default dtype (bf16 on a
+    CPU with native bf16), with one lane or with one per core."""
+    import curate.lanes
+
+    outs, _, _ = long_answers(emb)
+    texts = outs[:12] + ["What is the capital of France?", ""]
+    together = emb.embed(texts)
+    for i in (0, 5, 12, 13):
+        assert np.array_equal(emb.embed([texts[i]])[0], together[i])
+    assert np.array_equal(emb.embed(texts[::-1])[::-1], together)
+    monkeypatch.setattr(curate.lanes, "cpu_lanes", lambda threads: (1, threads))
+    assert np.array_equal(emb.embed(texts), together)
+
+
 def test_max_tokens_caps_what_is_embedded(emb):
     """Past ``max_tokens`` nothing counts: with max_tokens=200 the answer and the
     splice that keeps its first 200 tokens are one vector; the default sees the

@@ -83,6 +83,21 @@ def test_bf16_agrees_with_fp32_closely_enough_for_selection(ppl):
     assert np.median(rel) < 0.01, np.median(rel)
 
 
+def test_cpu_lanes_give_the_same_scores_as_one_pass_at_a_time(monkeypatch):
+    """On a CPU the passes run one per core in threads sharing the model; each
+    sequence's value is the same as when the passes run one at a time."""
+    import curate.lanes
+
+    assert curate.lanes.cpu_lanes(2) == (2, 1) and curate.lanes.cpu_lanes(16) == (4, 4)
+    scorer = get_scorer("perplexity", device="cpu")
+    batch = sft_batch(short_alpaca(6, max_chars=400))
+    lanes = scorer.score_batch(batch).to_pydict()
+    monkeypatch.setattr(curate.lanes, "cpu_lanes", lambda threads: (1, threads))
+    one = scorer.score_batch(batch).to_pydict()
+    assert lanes["ifd"] == pytest.approx(one["ifd"], rel=1e-6)
+    assert lanes["logprob_conditional"] == pytest.approx(one["logprob_conditional"], rel=1e-6)
+
+
 def test_targets_are_exactly_the_answer_and_end_of_turn(ppl):
     conv = short_alpaca(1)[0]
     seq = ppl.conversation(conv)
