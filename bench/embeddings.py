@@ -8,7 +8,7 @@ Two sets, because the two do different work on long texts:
   all    every text: encode cuts each at 128 tokens; curate embeds up to 2,048
          tokens of each in 128-token windows (more work, reported as tokens/s)
 Modes: encode (float32, batch 64, sorted by length as encode does), curate-fp32 and
-curate-bf16 (bf16 autocast: the default on GPUs, ``dtype="bfloat16"`` on a CPU). Each mode
+curate-bf16 (bf16 autocast: the default on GPUs and on CPUs with native bf16). Each mode
 gets a warm-up pass. Prints texts/s, embedded tokens/s and ratios to encode.
 
     .venv/bin/python bench/embeddings.py --rows 600

@@ -230,6 +230,7 @@ class LocalEngine(Engine):
             self.info[scorer.name]["setup"] = scorer.describe()
             for batch in self.batches(parts, columns, scorer.batch_rows or self.batch_rows):
                 yield score_rows(scorer, batch)
+            scorer.unload()
             return
         # fork: works from scripts without a __main__ guard; replicated scorers are plain
         # Python/numpy/pyarrow code (no torch or polars thread pools in the children).

@@ -81,6 +81,11 @@ class Scorer:
         """Load models or other heavy state; called by the engine once per worker, where
         the batches run, before ``score``."""
 
+    def unload(self) -> None:
+        """Drop what ``setup`` loaded that no other scorer shares (called by the engine
+        when the scorer's step is done, so a large model does not stay in memory through
+        the steps after it); ``setup`` loads it again."""
+
     def score(self, batch: pa.RecordBatch) -> dict[str, pa.Array | list]:
         """Return one array (or list) per declared column, one value per row."""
         raise NotImplementedError

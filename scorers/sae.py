@@ -104,6 +104,9 @@ class SAEFeatures(Scorer):
         if self.target:
             self._proto = self._prototype()
 
+    def unload(self) -> None:
+        self._res = None  # the LM; the SAE itself is small and checked at construction
+
     def describe(self) -> dict[str, Any]:
         return {**self._sae.describe(), "read_layer": self.read_layer,
                 "device": self._res.device if self._res else None}
