@@ -283,7 +283,10 @@ class Perplexity(Scorer):
                 head = None
                 at = lm(input_ids=ids_d, attention_mask=mask_d,
                         use_cache=False).logits[rows_d, cols_d - 1]
-            tok_lp = _target_logprobs(at, head, ids_d[rows_d, cols_d])
+            # on a CPU 64 positions at a time: with two lanes that was 3% faster and held
+            # 170 MB less than 256 (the logits of a chunk are 49k floats a position)
+            tok_lp = _target_logprobs(at, head, ids_d[rows_d, cols_d],
+                                      chunk=64 if device.type == "cpu" else 256)
             sums = torch.zeros(len(batch), dtype=torch.float64, device=device)
             sums.index_add_(0, rows_d, tok_lp)
         for r, i in enumerate(batch):
@@ -384,7 +387,7 @@ def _flags(results: list[dict]) -> dict[str, list]:
             "ppl_null_reason": [r["reason"] for r in results]}
 
 
-def _target_logprobs(at, head, targets, chunk: int = 256):
+def _target_logprobs(at, head, targets, chunk: int):
     """log p(target) at each scored position: ``at`` holds the positions' hidden states
     (projected by ``head``) or, with ``head`` None, their logits. Done ``chunk``
     positions at a time, so the float32 vocabulary-wide logits of a long answer never
