@@ -9,7 +9,7 @@ their token counts, L2-normalised. A text that fits one window gets exactly the
 vector ``SentenceTransformer.encode`` gives it.
 
 The model runs under bfloat16 autocast on GPUs and on CPUs with native bf16
-(AVX512-BF16, AMX), float32 elsewhere (``dtype`` None); on such a CPU bf16 is 1.7x
+(AVX512-BF16, AMX), float32 elsewhere (``dtype`` None); on such a CPU bf16 is 1.5-1.7x
 faster, with a cosine of at least 0.999 to the float32 vector on real rows. The
 dtype is part of the cache key. On a CPU only windows of equal length share a pass
 (nothing is padded), so a text's vector does not depend on which rows share its

@@ -27,8 +27,9 @@ Speed: on a GPU the sequences of a batch are sorted by length and packed into
 forward passes of at most ``max_batch_tokens`` padded tokens; on a CPU each
 sequence is its own forward pass (padding and masks cost more there than batching
 gains), and the passes run one per core in threads that share the model (1.2x over
-one pass at a time on all cores, at the memory of one model). The LM head runs only on the positions whose next token is scored;
-``torch.inference_mode``; the model loads once per worker. The default dtype is
+one pass at a time on all cores, at the memory of one model). The LM head runs only
+on the positions whose next token is scored; ``torch.inference_mode``; the model
+loads once per worker. The default dtype is
 bfloat16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), float32
 elsewhere; the dtype is part of the cache key. On such a CPU bf16 scores 1.6-2x
 faster than float32 with perplexities within 0.4% (median) of float32.
