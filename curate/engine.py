@@ -81,7 +81,6 @@ def score_rows(scorer: Scorer, data: pa.RecordBatch | pa.Table) -> pa.Table:
     try:
         scores = scorer.score_batch(data)
         errors = pa.nulls(data.num_rows, pa.string())
-        release_freed()
     except CurateError:
         raise
     except Exception as err:
@@ -94,6 +93,7 @@ def score_rows(scorer: Scorer, data: pa.RecordBatch | pa.Table) -> pa.Table:
         scores = pa.table({f.name: pa.nulls(data.num_rows, f.type) for f in schema}, schema=schema)
         msg = " ".join(str(err).split())[:300]
         errors = pa.array([f"score {scorer.name} raised {type(err).__name__}: {msg}"], pa.string())
+    release_freed()
     return scores.add_column(0, "id", data.column("id")).append_column(ERROR, errors)
 
 
