@@ -101,3 +101,65 @@ def test_list_models_lists_embedded_weights():
     assert rows["smollm2-135m"]["task"] == "causal_lm"
     assert rows["minilm"]["task"] == "sentence"
     assert resolve("smollm2-135m").fingerprint == rows["smollm2-135m"]["package"]
+
+
+def test_one_read_gguf_conversion_equals_transformers_own(tmp_path, offline):
+    """The embedded GGUF converted by curate's one-read path and by transformers' GGUF
+    loader: the same weights bit for bit, the same config, and the same token ids and
+    offsets on every string of 40 rows of each real test data file (English, Chinese,
+    code, tool calls, numbers)."""
+    import json
+
+    import pyarrow.parquet as pq
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from curate.gguf_convert import convert_gguf
+    from curate.models import _convert_with_transformers
+
+    ref = resolve("smollm2-135m")
+    assert convert_gguf(ref.path / ref.gguf_file, tmp_path / "fast", "float32")
+    _convert_with_transformers(ref, tmp_path / "slow", "float32")
+
+    fast, slow = (load_file(tmp_path / d / "model.safetensors") for d in ("fast", "slow"))
+    assert sorted(fast) == sorted(slow) and len(fast) == 272
+    assert all(torch.equal(fast[k], slow[k]) for k in fast)
+    del fast, slow
+    cfg_fast, cfg_slow = (json.loads((tmp_path / d / "config.json").read_text())
+                          for d in ("fast", "slow"))
+    for k in ("_model_name_or_path", "dtype"):  # the GGUF's display name; float32 in both
+        cfg_fast.pop(k, None), cfg_slow.pop(k, None)
+    assert cfg_fast == cfg_slow
+
+    a, b = (AutoTokenizer.from_pretrained(tmp_path / d) for d in ("fast", "slow"))
+    for attr in ("all_special_tokens", "bos_token_id", "eos_token_id", "pad_token_id",
+                 "unk_token_id", "chat_template"):
+        assert getattr(a, attr) == getattr(b, attr), attr
+    texts = [v for f in sorted(Path(__file__).parent.glob("data/*/*.parquet"))
+             for row in pq.read_table(f).slice(0, 40).to_pylist()
+             for v in [json.dumps(row, ensure_ascii=False, default=str), *row.values()]
+             if isinstance(v, str)]
+    assert len(texts) > 2000
+    enc_a = a(texts, return_offsets_mapping=True, add_special_tokens=False)
+    enc_b = b(texts, return_offsets_mapping=True, add_special_tokens=False)
+    assert enc_a["input_ids"] == enc_b["input_ids"]
+    assert enc_a["offset_mapping"] == enc_b["offset_mapping"]
+    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    assert a.apply_chat_template(chat, tokenize=False) == b.apply_chat_template(chat, tokenize=False)
+
+
+def test_gguf_of_another_architecture_is_left_to_transformers(tmp_path):
+    import gguf
+
+    from curate.gguf_convert import convert_gguf
+
+    path = tmp_path / "other.gguf"
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    w.add_tokenizer_model("gpt2")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert convert_gguf(path, tmp_path / "out", "float32") is False
+    assert not (tmp_path / "out").exists()
