@@ -27,7 +27,9 @@ Speed: on a GPU the sequences of a batch are sorted by length and packed into
 forward passes of at most ``max_batch_tokens`` padded tokens; on a CPU each
 sequence is its own forward pass (padding and masks cost more there than batching
 gains), and the passes run one per core in threads that share the model (1.2x over
-one pass at a time on all cores, at the memory of one model). The LM head runs only
+one pass at a time on all cores, at the memory of one model); the tokens every sequence
+starts with (a template's default system prompt: 22 of SmolLM2's) run once, and each
+pass reuses their keys and values (IFD on the main job 8% faster). The LM head runs only
 on the positions whose next token is scored; ``torch.inference_mode``; the model
 loads once per worker. The default dtype is
 bfloat16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), float32
@@ -37,6 +39,7 @@ faster than float32 with perplexities within 0.4% (median) of float32.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass, field
@@ -87,7 +90,7 @@ class Perplexity(Scorer):
     answers under a causal LM (embedded ``smollm2-135m`` or a local model folder)."""
 
     name: ClassVar[str] = "perplexity"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: a shared prefix's keys and values computed once
     columns: ClassVar[dict[str, pa.DataType]] = COLUMNS["sft"]
     token_columns: ClassVar[tuple[str, ...]] = ("response_tokens", "chosen_response_tokens",
                                                 "rejected_response_tokens", "tokens")
@@ -103,6 +106,7 @@ class Perplexity(Scorer):
     _template = ""
     _native_tools = False  # the chat template renders tool calls and tool schemas itself
     _replicas: ClassVar[list] = []
+    _prefix_kv: ClassVar[dict] = {}
 
     @property
     def resources(self) -> Resources:  # type: ignore[override]
@@ -140,7 +144,7 @@ class Perplexity(Scorer):
             return
         self._tok = load_tokenizer(self.model)
         self._lm = load_causal_lm(self.model, device=self.device, dtype=self.effective_dtype())
-        self._replicas = [self._lm]
+        self._replicas, self._prefix_kv = [self._lm], {}
         if (self.device in (None, "cuda") and str(self._lm.device).startswith("cuda")):
             import torch
 
@@ -157,7 +161,7 @@ class Perplexity(Scorer):
                         self.model)
 
     def unload(self) -> None:
-        self._lm, self._replicas = None, []
+        self._lm, self._replicas, self._prefix_kv = None, [], {}
 
     def describe(self) -> dict[str, Any]:
         return {"template": self._template,
@@ -252,13 +256,34 @@ class Perplexity(Scorer):
         if budget is None:
             budget = 0 if self.on_cpu else 8192
         batches = _token_batches(todo, [len(s.ids) if s else 0 for s in seqs], budget)[::-1]
-        run_lanes(batches, lambda lm, batch: self._run_batch(lm, seqs, batch, out),
-                  self._replicas or [self._lm], on_cpu=self.on_cpu)
+        models = self._replicas or [self._lm]
+        prefix = shared_prefix([seqs[i] for i in todo]) if budget == 0 else []
+        caches = {id(m): self._prefix_cache(m, prefix) for m in models} if prefix else {}
+        run_lanes(batches, lambda lm, batch: self._run_batch(lm, seqs, batch, out,
+                                                             caches.get(id(lm))),
+                  models, on_cpu=self.on_cpu)
         return out
 
+    def _prefix_cache(self, lm, prefix: list[int]):
+        """The keys and values of ``prefix`` under ``lm`` (computed once per model)."""
+        import torch
+
+        key = (id(lm), tuple(prefix))
+        if key not in self._prefix_kv:
+            with torch.inference_mode():
+                ids = torch.tensor([prefix], device=lm.device)
+                base = getattr(lm, lm.base_model_prefix, lm)
+                # (hidden states, cache): the cache's field name differs across versions
+                self._prefix_kv[key] = base(input_ids=ids, use_cache=True, return_dict=False)[1]
+        return self._prefix_kv[key]
+
     def _run_batch(self, lm, seqs: list[Sequence | None], batch: list[int],
-                   out: list[tuple[float, int] | None]) -> None:
-        """One forward pass over ``batch`` (indices into ``seqs``); fills ``out``."""
+                   out: list[tuple[float, int] | None], prefix=None) -> None:
+        """One forward pass over ``batch`` (indices into ``seqs``); fills ``out``.
+        ``prefix``: the cached keys and values of the first tokens every sequence of a
+        one-sequence ``batch`` starts with (see ``shared_prefix``)."""
+        import copy
+
         import torch
 
         base = getattr(lm, lm.base_model_prefix, None)
@@ -269,21 +294,23 @@ class Perplexity(Scorer):
         # its end to one of 8 lengths per doubling (``shape_step``): causal attention keeps
         # the padding from reaching the real tokens, about 3% more tokens are computed,
         # and the shapes stay few (memory flat).
-        step = shape_step(len(seqs[batch[0]].ids)) if device.type == "cpu" and len(batch) == 1 else 1
-        ids, mask, rows_t, cols_t = padded_batch(self._tok, [seqs[i].ids for i in batch],
-                                                 [seqs[i].targets for i in batch], step)
+        skip = prefix.get_seq_length() if prefix is not None and len(batch) == 1 else 0
+        step = shape_step(len(seqs[batch[0]].ids) - skip) if device.type == "cpu" and len(batch) == 1 else 1
+        ids, mask, rows_t, cols_t = padded_batch(
+            self._tok, [seqs[i].ids[skip:] for i in batch],
+            [[t - skip for t in seqs[i].targets] for i in batch], step)
+        past = {_cache_arg(base or lm): copy.deepcopy(prefix), "use_cache": True} if skip else {
+            "use_cache": False}
         with torch.inference_mode():
             # one sequence needs no mask (a causal pass over all of it)
             ids_d, mask_d = ids.to(device), (mask.to(device) if len(batch) > 1 else None)
             rows_d, cols_d = rows_t.to(device), cols_t.to(device)
             if base is not None and head is not None:  # the LM head only where scored
-                hidden = base(input_ids=ids_d, attention_mask=mask_d,
-                              use_cache=False).last_hidden_state
+                hidden = base(input_ids=ids_d, attention_mask=mask_d, **past).last_hidden_state
                 at = hidden[rows_d, cols_d - 1]
             else:
                 head = None
-                at = lm(input_ids=ids_d, attention_mask=mask_d,
-                        use_cache=False).logits[rows_d, cols_d - 1]
+                at = lm(input_ids=ids_d, attention_mask=mask_d, **past).logits[rows_d, cols_d - 1]
             # on a CPU 64 positions at a time: with two lanes that was 3% faster and held
             # 170 MB less than 256 (the logits of a chunk are 49k floats a position)
             tok_lp = _target_logprobs(at, head, ids_d[rows_d, cols_d],
@@ -401,6 +428,28 @@ def _target_logprobs(at, head, targets, chunk: int):
         picked = logits.gather(1, targets[s:s + chunk, None])[:, 0]
         out[s:s + chunk] = (picked - torch.logsumexp(logits, dim=-1)).double()
     return out
+
+
+MIN_PREFIX = 8  # shorter shared prefixes are not worth a cached pass
+
+
+def _cache_arg(model) -> str:
+    """The name ``model.forward`` takes a key/value cache under (``cache`` from
+    transformers 5.x, ``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def shared_prefix(seqs: list[Sequence]) -> list[int]:
+    """The token ids every sequence starts with, up to the first scored position's
+    context (empty when shorter than ``MIN_PREFIX``): a chat template's default system
+    prompt, computed once instead of in every pass."""
+    if not seqs:
+        return []
+    first = seqs[0].ids
+    n = min(min(s.targets) for s in seqs) - 1
+    for s in seqs[1:]:
+        n = next((k for k in range(min(n, len(s.ids))) if s.ids[k] != first[k]), min(n, len(s.ids)))
+    return first[:n] if n >= MIN_PREFIX else []
 
 
 def shape_step(n: int) -> int:

@@ -98,6 +98,32 @@ def test_cpu_lanes_give_the_same_scores_as_one_pass_at_a_time(monkeypatch):
     assert lanes["logprob_conditional"] == pytest.approx(one["logprob_conditional"], rel=1e-6)
 
 
+def test_shared_prefix_computed_once_gives_the_full_pass_scores(monkeypatch):
+    """On a CPU the tokens every sequence starts with (SmolLM2's default system prompt)
+    are run once and their keys and values reused: in float32 the scores equal those of
+    full passes, and the one-row reference."""
+    import scorers.perplexity as P
+
+    scorer = get_scorer("perplexity", device="cpu", dtype="float32")
+    scorer.setup()
+    convs = short_alpaca(5)
+    seqs = [scorer.conversation(c) for c in convs] + [scorer.answers_alone(c[1:]) for c in convs]
+    prefix = P.shared_prefix(seqs)
+    assert scorer._tok.decode(prefix).startswith("<|im_start|>system\nYou are a helpful")
+    assert len(prefix) == 22 and all(s.ids[:22] == prefix for s in seqs)
+    # a prefix ends before the first scored token's context, and short ones are not used
+    assert P.shared_prefix([P.Sequence(list(range(30)), [5, 6])]) == []
+    assert len(P.shared_prefix([P.Sequence(list(range(30)), [12])])) == 11
+    cached = scorer.score_batch(sft_batch(convs)).to_pydict()
+    assert len(scorer._prefix_kv) == 1
+    monkeypatch.setattr(P, "MIN_PREFIX", 10**6)  # no shared prefix: full passes
+    full = scorer.score_batch(sft_batch(convs)).to_pydict()
+    for k in ("logprob_conditional", "logprob_unconditional", "ifd"):
+        assert cached[k] == pytest.approx(full[k], rel=1e-5), k
+    assert cached["logprob_conditional"][0] == pytest.approx(
+        reference_mean_logprob(scorer, seqs[0]), rel=1e-5)
+
+
 def test_targets_are_exactly_the_answer_and_end_of_turn(ppl):
     conv = short_alpaca(1)[0]
     seq = ppl.conversation(conv)
