@@ -26,7 +26,6 @@ CONFIG_KEYS = {
     "attention.head_count_kv": "num_key_value_heads",
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
     "rope.freq_base": "rope_theta",
-    "rope.dimension_count": "head_dim",
 }
 SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
                "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
@@ -47,12 +46,12 @@ def convert_gguf(path: Path, out: Path, dtype: str) -> bool:
     if (meta.get("general.architecture") != "llama" or meta.get("tokenizer.ggml.model") != "gpt2"
             or meta.get("tokenizer.ggml.add_bos_token")):
         return False
-    vocab = {name: reader.fields[name].contents() for name in BIG_FIELDS}
-    alphabet = set(ByteLevel.alphabet())
-    if not all(set(t) <= alphabet for t in vocab["tokenizer.ggml.tokens"]):
+    lists = {name: reader.fields[name].contents() for name in BIG_FIELDS}
+    alphabet = set(ByteLevel.alphabet())  # byte-level BPE spells every token in it
+    if not all(set(t) <= alphabet for t in lists["tokenizer.ggml.tokens"]):
         return False
     tensors = {t.name: t for t in reader.tensors}
-    config = _config(meta, len(vocab["tokenizer.ggml.tokens"]), tied="output.weight" not in tensors)
+    config = _config(meta, len(lists["tokenizer.ggml.tokens"]), tied="output.weight" not in tensors)
     state = _weights(config, tensors, dtype)
     if state is None:
         return False
@@ -61,7 +60,7 @@ def convert_gguf(path: Path, out: Path, dtype: str) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(out)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    _tokenizer(vocab, meta).save_pretrained(out)
+    _tokenizer(lists, meta).save_pretrained(out)
     return True
 
 
