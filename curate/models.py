@@ -65,8 +65,9 @@ class ModelRef:
 
 
 def cache_home() -> Path:
-    """Root of curate's caches (scores, converted models): $CURATE_HOME or ~/.cache/curate."""
-    return Path(os.environ.get("CURATE_HOME", Path.home() / ".cache" / "curate"))
+    """Root of curate's caches (scores, converted models): $CURATE_HOME or ~/.cache/curate
+    (an empty CURATE_HOME counts as unset, not as the current folder)."""
+    return Path(os.environ.get("CURATE_HOME") or Path.home() / ".cache" / "curate")
 
 
 def _fingerprint_dir(path: Path) -> str:

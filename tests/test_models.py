@@ -163,3 +163,13 @@ def test_gguf_of_another_architecture_is_left_to_transformers(tmp_path):
     w.close()
     assert convert_gguf(path, tmp_path / "out", "float32") is False
     assert not (tmp_path / "out").exists()
+
+
+def test_empty_curate_home_is_the_default_not_the_current_folder(monkeypatch, tmp_path):
+    from curate.models import cache_home
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CURATE_HOME", "")
+    assert cache_home() == tmp_path / ".cache" / "curate"
+    monkeypatch.setenv("CURATE_HOME", str(tmp_path / "h"))
+    assert cache_home() == tmp_path / "h"
