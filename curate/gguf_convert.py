@@ -27,6 +27,7 @@ CONFIG_KEYS = {
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
     "rope.freq_base": "rope_theta",
 }
+# tokenizer special token -> its GGUF id key (the config's field is the name + "_id")
 SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
                "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
 CONTROL, USER_DEFINED = 3, 4  # token types: added as special / as plain added tokens
@@ -69,10 +70,9 @@ def _config(meta: dict[str, Any], vocab_size: int, tied: bool):
 
     kwargs = {hf: meta[f"llama.{key}"] for key, hf in CONFIG_KEYS.items() if f"llama.{key}" in meta}
     kwargs["vocab_size"] = meta.get("llama.vocab_size", vocab_size)
-    for hf, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
-                    ("pad_token_id", "padding_token_id"), ("unk_token_id", "unknown_token_id")):
+    for name, key in SPECIAL_IDS.items():  # bos_token -> bos_token_id, ...
         if f"tokenizer.ggml.{key}" in meta:
-            kwargs[hf] = meta[f"tokenizer.ggml.{key}"]
+            kwargs[f"{name}_id"] = meta[f"tokenizer.ggml.{key}"]
     return LlamaConfig(tie_word_embeddings=tied, architectures=["LlamaForCausalLM"], **kwargs)
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from curate.memory import release_freed
+
 T = TypeVar("T")
 
 
@@ -39,7 +41,8 @@ def run_lanes(items: Sequence[T], fn: Callable[[Any, T], None], lanes: Sequence[
               on_cpu: bool = True) -> None:
     """``fn(lane, item)`` for every item, each item taken, in order, by the next free
     lane. ``lanes``: one model per GPU; on a CPU (``on_cpu``) with one model, that
-    model ``cpu_lanes`` times over the cores."""
+    model ``cpu_lanes`` times over the cores, and freed heap pages go back to the OS
+    after each item (``release_freed``: 130 MB less at the main job's IFD peak)."""
     import torch
 
     lanes = list(lanes or [None])
@@ -47,6 +50,13 @@ def run_lanes(items: Sequence[T], fn: Callable[[Any, T], None], lanes: Sequence[
     if on_cpu and len(lanes) == 1:
         n, threads = cpu_lanes(torch.get_num_threads())
         lanes = lanes * n
+    if on_cpu:  # a CPU pass frees buffers of a few MB that glibc would keep
+        step = fn
+
+        def fn(lane: Any, item: T) -> None:
+            step(lane, item)
+            release_freed()
+
     if len(lanes) == 1 or len(items) <= 1:
         for item in items:
             fn(lanes[0], item)

@@ -48,7 +48,6 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from curate.lanes import run_lanes
-from curate.memory import release_freed
 from curate.models import default_dtype, load_causal_lm, load_tokenizer, pick_device, resolve
 from curate.schema import for_template, kind_of, message_text
 from curate.scorer import Resources, Scorer, register
@@ -322,8 +321,6 @@ class Perplexity(Scorer):
             sums.index_add_(0, rows_d, tok_lp)
         for r, i in enumerate(batch):
             out[i] = (float(sums[r]), len(seqs[i].targets))
-        if device.type == "cpu":
-            release_freed()
 
     # --- scoring ---------------------------------------------------------------------
 
