@@ -137,30 +137,21 @@ class MinHash(DecisionStep):
         if o["bands"] is None:
             weights = (0.05, 0.95) if o["verify"] else (0.5, 0.5)  # verify removes false positives
             o["bands"], o["rows"] = choose_bands(o["threshold"], o["num_perm"], *weights)
-        score = Score("minhash", _pick(o, "num_perm", "bands", "rows", "ngram", "shingle",
-                                       "fields", "seed", "hash"))
+        score = Score("minhash", {**_pick(o, "num_perm", "bands", "rows", "ngram", "shingle",
+                                          "fields", "seed", "hash"), "sets": bool(o["verify"])})
         return score, Dedup("minhash", _pick(o, "threshold", "verify", "keep", "ngram", "shingle",
                                              "fields", "bands", "rows"))
 
     def columns(self, o):
         return ["minhash_bands", "minhash_sketch", "minhash_chars", "minhash_shingles",
-                *super().columns(o)]
+                *(["minhash_set"] if o.get("verify", True) else []), *super().columns(o)]
 
     def decide(self, frame, o, access):
         from curate import dedup
-        from curate.text import field_array
 
         access.say(f"dedup minhash: {dedup.tradeoff(o['threshold'], o['bands'], o['rows'])}")
-
-        def texts(ids: list[str]) -> pa.Array:
-            """The texts of these rows, in this order."""
-            got = [pl.DataFrame({"id": t["id"], "text": field_array(t, o["fields"])})
-                   for t in access.rows(ids, None)]
-            return (pl.DataFrame({"id": ids}).join(pl.concat(got), on="id", how="left",
-                                                   maintain_order="left")["text"].to_arrow())
-
         return dedup.minhash(frame, threshold=o["threshold"], keep=o["keep"], verify=o["verify"],
-                             texts=texts, ngram=o["ngram"], shingle=o["shingle"],
+                             ngram=o["ngram"], shingle=o["shingle"],
                              map_groups=access.map_groups, say=access.say)
 
 

@@ -14,7 +14,6 @@ threshold of the row it names (no chains A~B~C that drop C for A).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +26,6 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.selection import Decision
-from curate.text import fmix64, shingle_hashes
 
 if TYPE_CHECKING:
     from curate.decisions import GroupMap
@@ -330,41 +328,50 @@ def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | No
 
 
 #: Candidate pairs verified at a time, and shingles looked up at a time (the smaller row's
-#: of each pair): their texts and shingle hashes are what verification holds in memory.
+#: of each pair): what verification holds in memory (about 40 bytes a shingle looked up).
 VERIFY_PAIRS = 100_000
-VERIFY_SHINGLES = 20_000_000
+VERIFY_SHINGLES = 5_000_000
 
 
-def shared_shingles(edges: np.ndarray, nodes: np.ndarray, texts: pa.Array | list[str], ngram: int,
-                    shingle: str) -> tuple[np.ndarray, np.ndarray]:
+def shared_shingles(edges: np.ndarray, nodes: np.ndarray, values: np.ndarray, sizes: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Per edge (rows a, b), the sizes of the intersection and the union of the two
-    rows' shingle sets, from 64-bit shingle hashes of the ``texts`` of ``nodes`` (the
-    sorted rows in ``edges``). A shingle of row n is keyed ``hash ^ fmix64(n)``, so the
-    intersection of an edge is how many keys of the smaller row, re-keyed with the
-    other row, are keys of that row: one hash-set lookup per shingle."""
-    hashes, counts = shingle_hashes(texts, ngram, shingle, threads=os.cpu_count() or 1)
-    del texts
-    with np.errstate(over="ignore"):
-        salt = fmix64(nodes.astype(np.uint64) + np.uint64(1))
-        node_of = np.repeat(np.arange(len(nodes), dtype=np.int32), counts)
-        keys = pl.Series(hashes ^ salt[node_of])
-        first = keys.is_first_distinct().to_numpy()  # each row's set: its first copies
-        hashes, node_of, keys = hashes[first], node_of[first], keys.filter(first)
-        size = np.bincount(node_of, minlength=len(nodes))
-        del node_of, first
-        start = np.concatenate([[0], np.cumsum(size)])
-        a, b = np.searchsorted(nodes, edges[:, 0]), np.searchsorted(nodes, edges[:, 1])
-        a, b = np.where(size[a] <= size[b], a, b), np.where(size[a] <= size[b], b, a)
-        per = size[a]  # the smaller row's shingles, each looked up among the other's
-        edge_of = np.repeat(np.arange(len(edges), dtype=np.int32), per)
-        at = np.repeat(start[a] - (np.cumsum(per) - per), per)
-        at += np.arange(len(edge_of))
-        probe = hashes[at]
-        del at, hashes
-        probe ^= salt[b][edge_of]
-        hit = pl.Series(probe).is_in(keys.implode()).to_numpy()
+    rows' shingle sets. ``nodes`` are the sorted rows in ``edges``; ``values`` and
+    ``sizes`` their sets (``curate.text.shingle_sets``: ascending 32-bit hashes, node
+    after node). The keys ``node << 32 | value`` are then ascending, so each shingle of
+    the smaller row of an edge is one binary search among the keys of the other."""
+    values = np.asarray(values, dtype=np.uint64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if not len(values):
+        zero = np.zeros(len(edges), dtype=np.int64)
+        return zero, zero.copy()
+    start = np.concatenate([[0], np.cumsum(sizes)])
+    keys = (np.repeat(np.arange(len(nodes), dtype=np.uint64), sizes) << np.uint64(32)) | values
+    a, b = np.searchsorted(nodes, edges[:, 0]), np.searchsorted(nodes, edges[:, 1])
+    a, b = np.where(sizes[a] <= sizes[b], a, b), np.where(sizes[a] <= sizes[b], b, a)
+    per = sizes[a]  # the smaller row's shingles, each looked up among the other's
+    edge_of = np.repeat(np.arange(len(edges), dtype=np.int64), per)
+    at = np.repeat(start[a] - (np.cumsum(per) - per), per)
+    at += np.arange(len(edge_of))
+    probe = values[at]
+    del at
+    probe |= (b.astype(np.uint64) << np.uint64(32))[edge_of]
+    pos = np.searchsorted(keys, probe)
+    np.minimum(pos, len(keys) - 1, out=pos)
+    hit = keys[pos] == probe
     inter = np.bincount(edge_of[hit], minlength=len(edges)).astype(np.int64)
-    return inter, size[a] + size[b] - inter
+    return inter, sizes[a] + sizes[b] - inter
+
+
+def node_sets(sets: pl.Series, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, sizes) of the ``minhash_set`` lists of these rows (null: empty)."""
+    got = sets.gather(nodes).to_arrow()
+    if isinstance(got, pa.ChunkedArray):
+        got = got.combine_chunks()
+    offsets = got.offsets.to_numpy()
+    sizes = np.diff(offsets)
+    sizes[~np.asarray(got.is_valid())] = 0  # a null list's offsets are equal anyway
+    return got.values.to_numpy()[offsets[0]:offsets[-1]], sizes.astype(np.int64)
 
 
 def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]:
@@ -384,12 +391,12 @@ def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]
 
 
 def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
-            texts: Callable[[list[str]], pa.Array] | None = None, ngram: int = 5,
-            shingle: str = "word", max_bucket_pairs: int = 20,
+            ngram: int = 5, shingle: str = "word", max_bucket_pairs: int = 20,
             map_groups: GroupMap | None = None, say: Callable[[str], None] | None = None
             ) -> Decision:
     """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
-    candidate pairs whose exact Jaccard of shingles is >= ``threshold`` are joined.
+    candidate pairs whose exact Jaccard of shingles is >= ``threshold`` are joined,
+    counted from the rows' shingle sets (``minhash_set``, written by the scorer).
 
     Clusters are stars in keep order (``star_clusters``), so every dropped row is
     joined directly to its kept representative: with ``verify`` their exact Jaccard
@@ -406,13 +413,11 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
     rank = priority(frame, keep)
     sim = np.full(len(edges), np.nan)
     if verify and len(edges):
-        if texts is None:
-            raise CurateError("minhash verification needs the row texts")
+        if "minhash_set" not in frame.columns:
+            raise CurateError("minhash verification needs the rows' shingle sets (minhash_set)")
         begun, done = time.monotonic(), [0, 0]
-
-        size = np.zeros(n, dtype=np.int64)  # shingles a row (a block's lookups: the smaller's)
-        if "minhash_shingles" in frame.columns:
-            size[:] = frame["minhash_shingles"].fill_null(0).to_numpy()
+        sets = frame["minhash_set"]
+        size = sets.list.len().fill_null(0).to_numpy().astype(np.int64)
 
         def check(which: np.ndarray) -> np.ndarray:
             """Exact Jaccard of these candidate pairs, a block at a time (bounded memory:
@@ -425,8 +430,7 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
                 part = which[lo:max(lo + 1, min(lo + VERIFY_PAIRS, below))]
                 block = edges[part]
                 nodes = np.unique(block)
-                inter, union = shared_shingles(block, nodes, texts(ids[nodes].tolist()), ngram,
-                                               shingle)
+                inter, union = shared_shingles(block, nodes, *node_sets(sets, nodes))
                 good = (inter >= threshold * union) & (union > 0)
                 sim[part] = inter / np.maximum(union, 1)
                 ok[lo:lo + len(part)] = good

@@ -278,6 +278,8 @@ class PlanRunner:
             self.log.info(f"{stage} {reason if stage != 'filter' else step.label}: "
                           f"kept {alive.height - len(dropped)} of {alive.height}")
         t = time.monotonic()
+        working = {c for s in self.scorers.values() for c in s.working_columns}
+        frame = frame.drop(*(c for c in frame.columns if c in working))
         self._write_outputs(run, frame, pl.concat(rejected), parts)
         manifest["timings"]["write_s"] = round(time.monotonic() - t, 3)
         manifest["counts"].update(self._check_counts(run, stats.rows_read))

@@ -55,6 +55,9 @@ class Scorer:
     # score columns that count the answer tokens a model scored for a row: progress and
     # the manifest then give tokens and tokens/s
     token_columns: ClassVar[tuple[str, ...]] = ()
+    # score columns only decisions read (large working data, such as MinHash shingle
+    # sets): cached like the others, but not written to the run's scores
+    working_columns: ClassVar[tuple[str, ...]] = ()
 
     def config(self) -> dict[str, Any]:
         """The parameters that change the scores (part of the cache key)."""

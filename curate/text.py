@@ -239,3 +239,21 @@ def _shingle_hashes(texts: pa.Array, n: int, kind: str) -> tuple[np.ndarray, np.
         poly = (prefix[hi] - prefix[lo]) * inverse[lo]
         hashes = fmix64(poly ^ (hi - lo).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     return hashes, counts
+
+
+def shingle_sets(hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's set of shingles from ``shingle_hashes``: its distinct 32-bit shingle
+    hashes (the high half of the 64-bit ones), ascending, text after text, and the
+    size of each set. Two different shingles share a 32-bit hash with probability
+    2^-32, so the Jaccard of two sets is that of the shingles but for a chance of
+    about |A| x |B| / 2^32 (5e-6 for two texts of 150 words). One sort, no Python
+    per text. Returns (values uint32, sizes int64)."""
+    doc = np.repeat(np.arange(len(counts), dtype=np.uint64), counts)
+    key = (doc << np.uint64(32)) | (np.asarray(hashes, dtype=np.uint64) >> np.uint64(32))
+    del doc
+    key.sort()
+    new = np.ones(len(key), dtype=bool)
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    key = key[new]
+    sizes = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=len(counts))
+    return key.astype(np.uint32), sizes.astype(np.int64)

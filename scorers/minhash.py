@@ -17,6 +17,11 @@ The scorer writes one hash per LSH band (``bands`` x ``rows`` values of the
 signature each); rows sharing any band hash are candidate duplicates.
 Empty texts have no shingles and get null bands, so they never match.
 
+With ``sets`` (the default; dedup turns it off when it does not verify) it writes
+``minhash_set``: the row's distinct 32-bit shingle hashes, ascending
+(``curate.text.shingle_sets``), from which verification counts the exact Jaccard of
+a candidate pair without reading or shingling the texts again.
+
 It also writes ``minhash_sketch``: the lowest 8 bits of every signature value
 (b-bit MinHash, ``num_perm`` bytes a row), enough to estimate the Jaccard of a
 candidate pair when it is not verified against the texts (``sketch_jaccard``).
@@ -34,7 +39,7 @@ import xxhash
 
 from curate.errors import CurateError
 from curate.scorer import Resources, Scorer, register
-from curate.text import fmix64, field_array, shingle_hashes, shingles
+from curate.text import field_array, fmix64, shingle_hashes, shingle_sets, shingles
 
 HASHES = ("oph", "datasketch")
 _FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)  # MurmurHash3 finalizer, as datasketch
@@ -150,14 +155,16 @@ class MinHash(Scorer):
     """MinHash LSH band hashes of a row's text (word or character shingles)."""
 
     name: ClassVar[str] = "minhash"
-    version: ClassVar[str] = "3"
+    version: ClassVar[str] = "4"
     resources: ClassVar[Resources] = Resources(cpus=1.0)  # one thread: one replica per core
     columns: ClassVar[dict[str, pa.DataType]] = {
         "minhash_bands": pa.list_(pa.uint64()),
         "minhash_sketch": pa.binary(),
         "minhash_shingles": pa.int32(),
         "minhash_chars": pa.int64(),
+        "minhash_set": pa.list_(pa.uint32()),
     }
+    working_columns: ClassVar[tuple[str, ...]] = ("minhash_set",)
 
     num_perm: int = 128
     bands: int = 9
@@ -167,6 +174,7 @@ class MinHash(Scorer):
     fields: str = "all"
     seed: int = 1
     hash: str = "oph"
+    sets: bool = True
 
     def __post_init__(self) -> None:
         if self.hash not in HASHES:
@@ -183,8 +191,11 @@ class MinHash(Scorer):
             sh = [shingles(t, self.ngram, self.shingle) for t in texts.to_pylist()]
             counts = np.array([len(x) for x in sh], dtype=np.int64)
             sigs = signatures(sh, self.num_perm, self.seed)
+            if self.sets:  # the same shingles, hashed by the columnar kernel
+                hashes, set_counts = shingle_hashes(texts, self.ngram, self.shingle)
         else:
             hashes, counts = shingle_hashes(texts, self.ngram, self.shingle)
+            set_counts = counts
             sigs = oph_signatures(hashes, counts, self.num_perm, self.seed)
         has = pa.array(counts > 0)
         bands = band_hashes(sigs, self.bands, self.rows)
@@ -192,7 +203,14 @@ class MinHash(Scorer):
         sketch = pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(self.num_perm), len(sigs), [None, pa.py_buffer(sketches(sigs).tobytes())])
         null = pa.nulls(len(sigs))
+        sets = pa.nulls(len(sigs), pa.list_(pa.uint32()))
+        if self.sets:
+            values, sizes = shingle_sets(hashes, set_counts)
+            offsets = np.zeros(len(sizes) + 1, dtype=np.int32)
+            np.cumsum(sizes, out=offsets[1:])
+            sets = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(sizes == 0))
         return {"minhash_bands": pc.if_else(has, band_list.cast(pa.list_(pa.uint64())), null),
                 "minhash_sketch": pc.if_else(has, sketch.cast(pa.binary()), null),
                 "minhash_shingles": pa.array(counts, pa.int32()),
-                "minhash_chars": pc.utf8_length(texts).cast(pa.int64())}
+                "minhash_chars": pc.utf8_length(texts).cast(pa.int64()),
+                "minhash_set": sets}

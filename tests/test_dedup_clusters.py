@@ -16,7 +16,7 @@ from conftest import DATA, curate_cli
 from curate import connect, read
 from curate.dedup import minhash, star_clusters
 from curate.schema import full_texts
-from curate.text import shingles
+from curate.text import shingle_hashes, shingle_sets, shingles
 from scorers.minhash import band_hashes, signatures
 
 TOOLFORMER = DATA / "gpteacher" / "toolformer_dedupe.parquet"
@@ -112,8 +112,16 @@ def _frame(texts: list[str], bands: int = 9, rows: int = 13) -> pl.DataFrame:
                          "minhash_bands": [list(map(int, x)) for x in band_hashes(sigs, bands, rows)],
                          "minhash_sketch": [bytes(x % 256 for x in sig) for sig in sigs.tolist()],
                          "minhash_shingles": [len(s) for s in sh],
-                         "minhash_chars": [len(t) for t in texts]},
-                        schema_overrides={"minhash_bands": pl.List(pl.UInt64)})
+                         "minhash_chars": [len(t) for t in texts],
+                         "minhash_set": _sets(texts)},
+                        schema_overrides={"minhash_bands": pl.List(pl.UInt64),
+                                          "minhash_set": pl.List(pl.UInt32)})
+
+
+def _sets(texts: list[str]) -> list[list[int]]:
+    """Each text's shingle set, as the scorer's ``minhash_set`` holds it."""
+    values, sizes = shingle_sets(*shingle_hashes(texts))
+    return [v.tolist() for v in np.split(values, np.cumsum(sizes)[:-1])]
 
 
 def toolformer_texts(n: int) -> list[str]:
@@ -152,7 +160,7 @@ def test_verified_detail_names_the_exact_jaccard():
     texts = toolformer_texts(2500)
     frame = _frame(texts)
     by_id = dict(zip(frame["id"], texts))
-    dec = minhash(frame, threshold=0.8, texts=lambda ids: [by_id[i] for i in ids])
+    dec = minhash(frame, threshold=0.8)
     for i in np.flatnonzero(~dec.keep.to_numpy()):
         rep = dec.representative[int(i)]
         j = T.jaccard(T.shingles(texts[i]), T.shingles(by_id[rep]))
@@ -192,28 +200,29 @@ def test_verification_in_blocks_gives_the_same_decision(monkeypatch):
     must decide exactly as one block does."""
     import curate.dedup as D
 
-    texts = toolformer_texts(2500)
-    frame = _frame(texts)
-    by_id = dict(zip(frame["id"], texts))
-    reads: list[int] = []
+    frame = _frame(toolformer_texts(2500))
+    blocks_seen: list[int] = []
+    counted = D.shared_shingles
 
-    def fetch(ids):
-        reads.append(len(ids))
-        return [by_id[i] for i in ids]
+    def count(edges, *args):
+        blocks_seen.append(len(edges))
+        return counted(edges, *args)
 
-    whole = minhash(frame, threshold=0.8, texts=fetch)
-    calls = len(reads)  # one per round of the walk that had pairs to check
+    monkeypatch.setattr(D, "shared_shingles", count)
+    whole = minhash(frame, threshold=0.8)
+    calls = len(blocks_seen)  # one per round of the walk that had pairs to check
     monkeypatch.setattr(D, "VERIFY_PAIRS", 7)
     said: list[str] = []
-    blocks = minhash(frame, threshold=0.8, texts=fetch, say=said.append)
-    assert len(reads) - calls > 2 * calls  # blocks of 7 pairs, the long ones reported
+    blocks = minhash(frame, threshold=0.8, say=said.append)
+    assert len(blocks_seen) - calls > 2 * calls  # blocks of 7 pairs, the long ones reported
+    assert max(blocks_seen[calls:]) == 7
     assert said and said[0].startswith("dedup minhash: verified 7 candidate pairs of at most ")
     assert whole.facts == blocks.facts and whole.facts["candidate_pairs"] > 500
     monkeypatch.setattr(D, "VERIFY_PAIRS", 100_000)
     monkeypatch.setattr(D, "VERIFY_SHINGLES", 2_000)  # blocks bounded by shingles looked up
-    before = len(reads)
-    by_shingles = minhash(frame, threshold=0.8, texts=fetch)
-    assert len(reads) - before > 2 * calls
+    before = len(blocks_seen)
+    by_shingles = minhash(frame, threshold=0.8)
+    assert len(blocks_seen) - before > 2 * calls
     for other in (blocks, by_shingles):
         for a, b in ((whole.keep, other.keep), (whole.representative, other.representative),
                      (whole.detail, other.detail)):
@@ -237,7 +246,8 @@ def test_checking_only_the_edges_the_walk_needs_gives_the_same_clusters(corpus):
     frame = _frame(texts, bands=16, rows=8)
     edges = _pairs(frame, 20)
     nodes = np.unique(edges)
-    inter, union = shared_shingles(edges, nodes, [texts[i] for i in nodes], 5, "word")
+    values, sizes = shingle_sets(*shingle_hashes([texts[i] for i in nodes]))
+    inter, union = shared_shingles(edges, nodes, values, sizes)
     ok = inter >= 0.8 * union
     rank = priority(frame, "first")
     eager = star_clusters(len(texts), edges[ok, 0], edges[ok, 1], rank)

@@ -13,7 +13,7 @@ from conftest import DATA
 from curate.dedup import shared_shingles
 from curate.hashing import hash_text
 from curate.ingest import ingest
-from curate.text import normalize, normalize_array, shingle_hashes, shingles
+from curate.text import normalize, normalize_array, shingle_hashes, shingle_sets, shingles
 from scorers.minhash import oph_signatures, signatures
 
 ALPACA = DATA / "llamafactory" / "alpaca_en_demo.parquet"
@@ -108,7 +108,10 @@ def test_verification_counts_equal_python_sets():
     edges = edges[edges[:, 0] != edges[:, 1]]
     texts[int(edges[0, 1])] = texts[int(edges[0, 0])]  # one pair of equal texts
     nodes = np.unique(edges)
-    inter, union = shared_shingles(edges, nodes, [texts[i] for i in nodes], 5, "word")
+    values, sizes = shingle_sets(*shingle_hashes([texts[i] for i in nodes]))
+    assert sizes.tolist() == [len(set(shingles(texts[i]))) for i in nodes.tolist()]
+    assert all((np.diff(v.astype(np.int64)) > 0).all() for v in np.split(values, np.cumsum(sizes)[:-1]))
+    inter, union = shared_shingles(edges, nodes, values, sizes)
     sets = {i: set(shingles(texts[i])) for i in nodes.tolist()}
     assert inter.tolist() == [len(sets[x] & sets[y]) for x, y in edges.tolist()]
     assert union.tolist() == [len(sets[x] | sets[y]) for x, y in edges.tolist()]
