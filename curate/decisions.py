@@ -19,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from curate.errors import CurateError
+from curate.spill import Lists
 from curate.steps import Dedup, Score
 
 #: ``rows(ids, columns)``: those columns (None: id and the canonical ones) of the rows with these ids.
@@ -37,6 +38,7 @@ class Access:
     rows: RowReader
     map_groups: GroupMap | None  # None: work in this process (the local engine)
     say: Say
+    lists: Callable[[str], Lists]  # a scorer's working column, row by row of the frame
 
 
 class DecisionStep:
@@ -143,14 +145,15 @@ class MinHash(DecisionStep):
                                              "fields", "bands", "rows"))
 
     def columns(self, o):
-        return ["minhash_bands", "minhash_sketch", "minhash_chars", "minhash_shingles",
-                *(["minhash_set"] if o.get("verify", True) else []), *super().columns(o)]
+        return ["minhash_bands", "minhash_chars", "minhash_shingles",
+                *([] if o.get("verify", True) else ["minhash_sketch"]), *super().columns(o)]
 
     def decide(self, frame, o, access):
         from curate import dedup
 
         access.say(f"dedup minhash: {dedup.tradeoff(o['threshold'], o['bands'], o['rows'])}")
         return dedup.minhash(frame, threshold=o["threshold"], keep=o["keep"], verify=o["verify"],
+                             sets=access.lists("minhash_set") if o["verify"] else None,
                              ngram=o["ngram"], shingle=o["shingle"],
                              map_groups=access.map_groups, say=access.say)
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from curate.errors import CurateError
 from curate.selection import Decision
+from curate.spill import Lists
 
 if TYPE_CHECKING:
     from curate.decisions import GroupMap
@@ -218,9 +219,9 @@ def decide(frame: pl.DataFrame, labels: np.ndarray, rank: np.ndarray, method: st
     keep = (df["id"] == df["rep"])
     in_cluster = df["size"] > 1
     cluster = pl.when(in_cluster).then(pl.lit(f"{method}:") + df["rep"]).otherwise(None)
-    return Decision(keep=keep, reason=pl.Series([reason] * frame.height),
-                    representative=df["rep"].zip_with(~keep, pl.Series([None] * frame.height,
-                                                                      dtype=pl.String)),
+    return Decision(keep=keep, reason=pl.repeat(reason, frame.height, dtype=pl.String, eager=True),
+                    representative=df["rep"].zip_with(~keep, pl.repeat(None, frame.height, dtype=pl.String,
+                                                                      eager=True)),
                     cluster=df.select(cluster.alias("c"))["c"], detail=detail)
 
 
@@ -323,14 +324,20 @@ def _pairs(frame: pl.DataFrame, max_bucket_pairs: int, map_groups: GroupMap | No
         keys.append(_band_pairs(rows, max_bucket_pairs).select(k=pl.col("a") * n + pl.col("b"))["k"])
         if len(keys) > 4:  # most pairs repeat in several bands: keep them unique
             keys = [pl.concat(keys).unique()]
-    key = np.sort(pl.concat(keys).unique().to_numpy())
-    return np.column_stack([key // max(n, 1), key % max(n, 1)]).astype(np.int64).reshape(-1, 2)
+    key = pl.concat(keys).unique().sort().to_numpy()
+    del keys
+    edges = np.empty((len(key), 2), dtype=np.int64)
+    np.floor_divide(key, max(n, 1), out=edges[:, 0])
+    np.remainder(key, max(n, 1), out=edges[:, 1])
+    return edges
 
 
 #: Candidate pairs verified at a time, and shingles looked up at a time (the smaller row's
 #: of each pair): what verification holds in memory (about 40 bytes a shingle looked up).
 VERIFY_PAIRS = 100_000
 VERIFY_SHINGLES = 5_000_000
+#: Seconds between progress lines of a long verification.
+SAY_EVERY = 5.0
 
 
 def shared_shingles(edges: np.ndarray, nodes: np.ndarray, values: np.ndarray, sizes: np.ndarray
@@ -363,17 +370,6 @@ def shared_shingles(edges: np.ndarray, nodes: np.ndarray, values: np.ndarray, si
     return inter, sizes[a] + sizes[b] - inter
 
 
-def node_sets(sets: pl.Series, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(values, sizes) of the ``minhash_set`` lists of these rows (null: empty)."""
-    got = sets.gather(nodes).to_arrow()
-    if isinstance(got, pa.ChunkedArray):
-        got = got.combine_chunks()
-    offsets = got.offsets.to_numpy()
-    sizes = np.diff(offsets)
-    sizes[~np.asarray(got.is_valid())] = 0  # a null list's offsets are equal anyway
-    return got.values.to_numpy()[offsets[0]:offsets[-1]], sizes.astype(np.int64)
-
-
 def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]:
     """Per edge, the Jaccard estimated from the rows' 8-bit MinHash sketches (or, for
     scores without sketches, the share of equal LSH band hashes) and how it was had."""
@@ -391,12 +387,13 @@ def _estimates(frame: pl.DataFrame, edges: np.ndarray) -> tuple[np.ndarray, str]
 
 
 def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verify: bool = True,
-            ngram: int = 5, shingle: str = "word", max_bucket_pairs: int = 20,
+            sets: Lists | None = None, ngram: int = 5, shingle: str = "word", max_bucket_pairs: int = 20,
             map_groups: GroupMap | None = None, say: Callable[[str], None] | None = None
             ) -> Decision:
     """Near-duplicates: rows sharing an LSH band are candidates; with ``verify`` only
     candidate pairs whose exact Jaccard of shingles is >= ``threshold`` are joined,
-    counted from the rows' shingle sets (``minhash_set``, written by the scorer).
+    counted from the rows' shingle sets (``sets``, or the frame's ``minhash_set``
+    column: what the scorer writes there).
 
     Clusters are stars in keep order (``star_clusters``), so every dropped row is
     joined directly to its kept representative: with ``verify`` their exact Jaccard
@@ -408,38 +405,47 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
     n = frame.height
     edges = _pairs(frame, max_bucket_pairs, map_groups)
     facts = {"candidate_pairs": len(edges)}
-    ids = frame["id"].to_numpy()
     how = ""
     rank = priority(frame, keep)
     sim = np.full(len(edges), np.nan)
     if verify and len(edges):
-        if "minhash_set" not in frame.columns:
+        if sets is None and "minhash_set" in frame.columns:
+            sets = Lists.from_arrow(frame["minhash_set"].to_arrow())
+        if sets is None:
             raise CurateError("minhash verification needs the rows' shingle sets (minhash_set)")
-        begun, done = time.monotonic(), [0, 0]
-        sets = frame["minhash_set"]
-        size = sets.list.len().fill_null(0).to_numpy().astype(np.int64)
+        begun, done, told = time.monotonic(), [0, 0], [time.monotonic()]
+        size = sets.sizes
 
         def check(which: np.ndarray) -> np.ndarray:
             """Exact Jaccard of these candidate pairs, a block at a time (bounded memory:
-            at most VERIFY_PAIRS pairs and VERIFY_SHINGLES shingles looked up)."""
+            at most VERIFY_PAIRS pairs and VERIFY_SHINGLES shingles looked up). Pairs
+            whose set sizes alone rule it out (J <= min / max < threshold) are not
+            looked up."""
             ok = np.zeros(len(which), dtype=bool)
-            cost = np.cumsum(np.minimum(size[edges[which, 0]], size[edges[which, 1]]) + 1)
+            small = np.minimum(size[edges[which, 0]], size[edges[which, 1]])
+            large = np.maximum(size[edges[which, 0]], size[edges[which, 1]])
+            can = np.flatnonzero((small >= threshold * large) & (large > 0))
+            done[0] += len(which) - len(can)
+            done[1] += len(which) - len(can)
+            cost = np.cumsum(small[can] + 1)
             lo = 0
-            while lo < len(which):
+            while lo < len(can):
                 below = int(np.searchsorted(cost, (cost[lo - 1] if lo else 0) + VERIFY_SHINGLES))
-                part = which[lo:max(lo + 1, min(lo + VERIFY_PAIRS, below))]
+                take = can[lo:max(lo + 1, min(lo + VERIFY_PAIRS, below))]
+                part = which[take]
                 block = edges[part]
                 nodes = np.unique(block)
-                inter, union = shared_shingles(block, nodes, *node_sets(sets, nodes))
+                inter, union = shared_shingles(block, nodes, *sets.take(nodes))
                 good = (inter >= threshold * union) & (union > 0)
                 sim[part] = inter / np.maximum(union, 1)
-                ok[lo:lo + len(part)] = good
+                ok[take] = good
                 done[0] += len(part)
                 done[1] += int((~good).sum())
-                lo += len(part)
-                if say and len(part) < len(which):
+                lo += len(take)
+                if say and len(take) < len(which) and time.monotonic() - told[0] >= SAY_EVERY:
+                    told[0] = time.monotonic()
                     say(f"dedup minhash: verified {done[0]:,} candidate pairs of at most "
-                        f"{len(edges):,} ({time.monotonic() - begun:.0f} s)")
+                        f"{len(edges):,} ({told[0] - begun:.0f} s)")
             return ok
 
         rep = star_clusters(n, edges[:, 0], edges[:, 1], rank, check=check)
@@ -454,17 +460,19 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
     key = edges[:, 0] * n + edges[:, 1]
     edge = np.searchsorted(key, np.minimum(dropped, rep[dropped]) * n
                            + np.maximum(dropped, rep[dropped]))
-    detail = [None] * n
+    del key
+    to = frame["id"].gather(rep[dropped]).to_list()
     if verify:
         reason = f"near-duplicate (MinHash, Jaccard >= {threshold}, verified)"
-        for i, e in zip(dropped.tolist(), edge.tolist()):
-            detail[i] = f"jaccard {sim[e]:.3f} to {ids[rep[i]]}"
+        said = [f"jaccard {j:.3f} to {r}" for j, r in zip(sim[edge].tolist(), to)]
     else:
         reason = f"near-duplicate (MinHash LSH candidate, threshold {threshold}, not verified)"
-        for i, e in zip(dropped.tolist(), edge.tolist()):
-            detail[i] = (f"estimated jaccard {sim[e]:.3f} to {ids[rep[i]]} "
-                         f"(from MinHash signatures, {how}; not verified)")
-    out = decide(frame, rep, rank, "minhash", reason, pl.Series("detail", detail, dtype=pl.String))
+        said = [f"estimated jaccard {j:.3f} to {r} (from MinHash signatures, {how}; not verified)"
+                for j, r in zip(sim[edge].tolist(), to)]
+    detail = pl.repeat(None, n, dtype=pl.String, eager=True).alias("detail")
+    if len(dropped):
+        detail = detail.scatter(dropped, pl.Series(said, dtype=pl.String))
+    out = decide(frame, rep, rank, "minhash", reason, detail)
     out.facts.update(facts)
     return out
 

@@ -237,6 +237,7 @@ class LocalEngine(Engine):
         # Workers read the parts themselves and get bigger batches (per-task overhead).
         ctx = multiprocessing.get_context("fork")
         size = max(self.batch_rows, 2048)
+        release_freed(0)  # children start with the parent's pages: as few as may be
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(scorer,)) as pool:
             pending: deque = deque()

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from curate import selection
 from curate.bounds import plan_bounds
 from curate.cache import ScorerCache
+from curate.spill import Lists
 from curate.decisions import Access, get_decision
 from curate.engine import ERROR, Engine, Part, get_engine
 from curate.errors import CurateError, RunError
@@ -208,6 +209,7 @@ class PlanRunner:
         return run
 
     def _run(self, run: Run, manifest: dict[str, Any], resuming: bool) -> None:
+        self.work, self.spills = run.work, {}
         t = time.monotonic()
         stats, ingest_rejected = self._ingest(run, manifest["input"]["fingerprint"], resuming)
         manifest["timings"]["ingest_s"] = round(time.monotonic() - t, 3)
@@ -239,7 +241,11 @@ class PlanRunner:
             if isinstance(step, Score):
                 scorer = self.scorers[i]
                 scores, failed, info = self._score(scorer, alive)
-                frame = frame.join(scores, on="id", how="left")
+                if scores["id"].equals(frame["id"]):  # every row, in frame order: no copy
+                    frame = frame.hstack(scores.drop("id"))
+                else:
+                    frame = frame.join(scores, on="id", how="left")
+                del scores
                 manifest["scorers"][scorer.name] = info
                 manifest["stages"].append({"stage": f"score:{scorer.name}", "in": alive.height,
                                            "out": alive.height - failed.height, **info})
@@ -278,8 +284,8 @@ class PlanRunner:
             self.log.info(f"{stage} {reason if stage != 'filter' else step.label}: "
                           f"kept {alive.height - len(dropped)} of {alive.height}")
         t = time.monotonic()
-        working = {c for s in self.scorers.values() for c in s.working_columns}
-        frame = frame.drop(*(c for c in frame.columns if c in working))
+        for spill in self.spills.values():
+            spill.close()
         self._write_outputs(run, frame, pl.concat(rejected), parts)
         manifest["timings"]["write_s"] = round(time.monotonic() - t, 3)
         manifest["counts"].update(self._check_counts(run, stats.rows_read))
@@ -313,8 +319,11 @@ class PlanRunner:
         """(scores of the alive rows, rows the scorer raised on (id, _error), facts)."""
         t = time.monotonic()
         failed: list[pa.Table] = []
-        cache = ScorerCache(self.cache_root, scorer, self.kind, flush_rows=self.flush_rows)
+        cache = ScorerCache(self.cache_root, scorer, self.kind, flush_rows=self.flush_rows,
+                            spill_dir=self.work / "spill" / str(len(self.spills)))
+        self.spills.update(cache.spills)
         hits = cache.lookup(alive["id"])
+        cache.spill_cached(hits["id"])
         todo = alive.join(hits.select("id"), on="id", how="anti")
         info = {"cache_key": scorer.cache_key(), "rows": alive.height,
                 "from_cache": hits.height, "computed": todo.height}
@@ -391,8 +400,13 @@ class PlanRunner:
             return self.engine.read_rows(parts_of(where.filter(pl.col("id").is_in(ids)), self.data),
                                          cols)
 
+        def lists(column: str) -> Lists:
+            if column not in self.spills:
+                raise CurateError(f"dedup {step.method}: no working column {column!r} was scored")
+            return self.spills[column].lists(frame["id"])
+
         groups = self.engine.map_groups if self.engine.distributed else None
-        return decision.decide(frame, step.options, Access(rows, groups, self.log.info))
+        return decision.decide(frame, step.options, Access(rows, groups, self.log.info, lists))
 
     def _write_outputs(self, run: Run, frame: pl.DataFrame, rejected: pl.DataFrame,
                        parts: list[Path]) -> None:
@@ -400,11 +414,13 @@ class PlanRunner:
         shutil.rmtree(staging, ignore_errors=True)
         score_cols = [c for c in frame.columns
                       if c not in (*FRAME_BASE, *self.data_columns, *FRAME_PRIVATE)]
-        by_part = frame.select("_part", "_alive", "id", *score_cols).partition_by(
-            "_part", as_dict=True)
-        empty = frame.select("_alive", "id", *score_cols).clear()
+        # each part's rows of the frame, by index (no copy of the frame)
+        groups = (frame.select(pl.col("_part"), i=pl.int_range(pl.len(), dtype=pl.UInt32))
+                  .group_by("_part").agg("i"))
+        index = dict(zip(groups["_part"].to_list(), groups["i"]))
+        none = pl.Series("i", [], dtype=pl.UInt32)
         for part in parts:
-            rows = by_part.get((part.name,), empty)
+            rows = frame.select("_alive", "id", *score_cols)[index.get(part.name, none)]
             table = pq.read_table(part)  # the part's own kept ids: a small set to look up
             keep_ids = rows.filter("_alive")["id"].to_arrow()
             write_table(table.filter(pc.is_in(table["id"], value_set=keep_ids)),

@@ -22,9 +22,9 @@ With ``sets`` (the default; dedup turns it off when it does not verify) it write
 (``curate.text.shingle_sets``), from which verification counts the exact Jaccard of
 a candidate pair without reading or shingling the texts again.
 
-It also writes ``minhash_sketch``: the lowest 8 bits of every signature value
-(b-bit MinHash, ``num_perm`` bytes a row), enough to estimate the Jaccard of a
-candidate pair when it is not verified against the texts (``sketch_jaccard``).
+Without ``sets`` it writes ``minhash_sketch`` instead: the lowest 8 bits of every
+signature value (b-bit MinHash, ``num_perm`` bytes a row), enough to estimate the
+Jaccard of a candidate pair that is not verified (``sketch_jaccard``).
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ class MinHash(Scorer):
             np.cumsum(sizes, out=offsets[1:])
             sets = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(sizes == 0))
         return {"minhash_bands": pc.if_else(has, band_list.cast(pa.list_(pa.uint64())), null),
-                "minhash_sketch": pc.if_else(has, sketch.cast(pa.binary()), null),
+                "minhash_sketch": (pa.nulls(len(sigs), pa.binary()) if self.sets
+                                   else pc.if_else(has, sketch.cast(pa.binary()), null)),
                 "minhash_shingles": pa.array(counts, pa.int32()),
                 "minhash_chars": pc.utf8_length(texts).cast(pa.int64()),
                 "minhash_set": sets}
