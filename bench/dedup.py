@@ -342,16 +342,18 @@ def build(a, corpus: Path) -> tuple[int, set[int], dict, np.ndarray]:
     t0 = time.perf_counter()
     docs, fams = T.make_corpus(T.real_texts(), a.docs, a.dup_fraction, a.seed, a.threshold)
     t1 = time.perf_counter()
-    # = T.true_duplicates(docs, fams, threshold, across=True), sharing the shingle sets
-    sets = [T.shingles(d) for d in docs]
-    pairs = T.family_pairs(docs, fams, a.threshold, sets=sets)
-    cross = [] if a.skip_cross_check else T.cross_family_pairs(docs, fams, a.threshold, sets=sets)
-    truth = {i for p in pairs + cross for i in p[:2]}
+    truth, best, cross = None, None, []
+    if not a.no_truth:
+        # = T.true_duplicates(docs, fams, threshold, across=True), sharing the shingle sets
+        sets = [T.shingles(d) for d in docs]
+        pairs = T.family_pairs(docs, fams, a.threshold, sets=sets)
+        cross = [] if a.skip_cross_check else T.cross_family_pairs(docs, fams, a.threshold, sets=sets)
+        truth = {i for p in pairs + cross for i in p[:2]}
+        best = T.best_family_jaccard(docs, fams, sets=sets)
+        for i, j, s in cross:
+            best[i], best[j] = max(best[i], s), max(best[j], s)
+        del sets
     t2 = time.perf_counter()
-    best = T.best_family_jaccard(docs, fams, sets=sets)
-    for i, j, s in cross:
-        best[i], best[j] = max(best[i], s), max(best[j], s)
-    del sets
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -361,18 +363,31 @@ def build(a, corpus: Path) -> tuple[int, set[int], dict, np.ndarray]:
         pq.write_table(pa.table({"text": docs[bounds[k]:bounds[k + 1]]}),
                        corpus / f"part-{k:05d}.parquet")
     words = np.array([len(d.split()) for d in docs])
-    stats = {"docs": len(docs), "families": len(set(fams)), "true_duplicates": len(truth),
+    stats = {"docs": len(docs), "families": len(set(fams)),
+             "true_duplicates": len(truth) if truth is not None else None,
              "corpus_s": t1 - t0, "truth_s": t2 - t1, "mean_words": float(words.mean()),
              "cross_checked": not a.skip_cross_check, "cross_family_pairs": len(cross)}
     return len(docs), truth, stats, best
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size (Linux): shared pages split among the processes sharing them."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:")), 0)
+    except OSError:
+        return 0
+
+
 class TreeSampler(threading.Thread):
-    """Largest sum of RSS over a process and its descendants, sampled."""
+    """Largest sums of RSS and of PSS over a process and its descendants, sampled. The
+    RSS sum counts the pages forked workers share with their parent once per process;
+    the PSS sum counts every page once."""
 
     def __init__(self, pid: int, every: float = 0.05):
         super().__init__(daemon=True)
         self.pid, self.every, self.peak, self.done = pid, every, 0, threading.Event()
+        self.pss_peak = 0
 
     def run(self) -> None:
         try:
@@ -384,16 +399,18 @@ class TreeSampler(threading.Thread):
         except psutil.Error:
             return
         while not self.done.is_set():
-            total = 0
+            total = pss = 0
             try:
                 for p in [root, *root.children(recursive=True)]:
                     try:
                         total += p.memory_info().rss
+                        pss += _pss(p.pid)
                     except psutil.Error:
                         pass
             except psutil.Error:
                 break
             self.peak = max(self.peak, total)
+            self.pss_peak = max(self.pss_peak, pss)
             time.sleep(self.every)
 
 
@@ -460,7 +477,7 @@ def run_tool(a, spawner: Spawner, tool: str, corpus: Path, work: Path) -> dict:
     wall = time.perf_counter() - t0
     sampler.done.set()
     out = {"tool": tool, "process_s": wall, "rss_mb": done["maxrss_kb"] / 1024,
-           "tree_mb": sampler.peak / 2**20, "load": load}
+           "tree_mb": sampler.peak / 2**20, "pss_mb": sampler.pss_peak / 2**20, "load": load}
     if done["code"] != 0 or not result.exists():
         tail = (work / f"{tool}.log").read_text(errors="replace").strip().splitlines()[-15:]
         why = "timed out" if done["code"] == -9 else f"exit {done['code']}"
@@ -537,6 +554,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="run every tool this many times (in turn) and report its fastest run")
     p.add_argument("--skip-cross-check", action="store_true",
                    help="assume no duplicates across families instead of checking exactly")
+    p.add_argument("--no-truth", action="store_true",
+                   help="do not label the corpus (no precision / recall): for 1M docs, whose "
+                        "exact labels take longer than the tools")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", help="also write the results here")
     # child mode
@@ -565,9 +585,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"corpus: {stats['docs']} docs ({stats['families']} real originals + "
               f"{stats['docs'] - stats['families']} edited variants, {stats['mean_words']:.0f} words "
               f"on average), {a.shards} Parquet shards; built in {stats['corpus_s']:.1f}s")
-        print(f"truth: {stats['true_duplicates']} docs have another doc at exact Jaccard >= "
-              f"{a.threshold} (word 5-grams); labelled in {stats['truth_s']:.1f}s"
-              + (" incl. an exact cross-family check" if stats["cross_checked"] else ""))
+        if truth is not None:
+            print(f"truth: {stats['true_duplicates']} docs have another doc at exact Jaccard >= "
+                  f"{a.threshold} (word 5-grams); labelled in {stats['truth_s']:.1f}s"
+                  + (" incl. an exact cross-family check" if stats["cross_checked"] else ""))
+        else:
+            print("truth: not labelled (--no-truth): no precision / recall")
         print(f"peers: {a.peer_python}; curate: {a.curate_python}; peer shingles: {a.peer_shingles}")
         best: dict[str, dict] = {}
         for rep in range(a.repeat):  # rounds in turn, so a busy spell hits every tool alike
@@ -580,8 +603,10 @@ def main(argv: list[str] | None = None) -> None:
                 if "skipped" not in r:
                     labels = (np.load(r["labels_file"]) if "labels_file" in r
                               else labels_from_pairs(n, r.get("pairs", [])))
-                    r.update(T.score(labels, truth, n))
-                    r["by_band"] = by_band(labels, truth, best_j, n, a.threshold)
+                    r["flagged"] = len(T.predicted_duplicates(labels, n))
+                    if truth is not None:
+                        r.update(T.score(labels, truth, n))
+                        r["by_band"] = by_band(labels, truth, best_j, n, a.threshold)
                     r["docs_per_s"] = n / r["seconds"]
                     r.pop("pairs", None)
                     r["all_seconds"] = best.get(tool, {}).get("all_seconds", []) + [r["seconds"]]
@@ -593,8 +618,9 @@ def main(argv: list[str] | None = None) -> None:
         ours = next((r for r in results if r["tool"] == "curate" and "skipped" not in r), None)
         print()
         head = (f"{'tool':<11} {'version':<8} {'workers':>7} {'LSH bxr':>7} {'seconds':>8} "
-                f"{'docs/s':>8} {'t/t_ours':>8} {'process s':>9} {'RSS MB':>7} {'tree MB':>7} "
-                f"{'precision':>9} {'recall':>7} {'F1':>6}")
+                f"{'docs/s':>8} {'t/t_ours':>8} {'process s':>9} {'p/p_ours':>8} {'RSS MB':>7} "
+                f"{'tree MB':>7} {'PSS MB':>7} {'flagged':>8} {'precision':>9} {'recall':>7} "
+                f"{'F1':>6}")
         print(head)
         print("-" * len(head))
         for r in results:
@@ -602,10 +628,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{r['tool']:<11} skipped: {r['skipped']}")
                 continue
             ratio = r["seconds"] / ours["seconds"] if ours else None
+            process = r["process_s"] / ours["process_s"] if ours else None
             print(f"{r['tool']:<11} {r.get('version', '?'):<8} {r.get('workers', '-'):>7} "
                   f"{r.get('lsh', '-'):>7} {r['seconds']:>8.1f} {r['docs_per_s']:>8.0f} "
-                  f"{fmt(ratio, '>8.2f'):>8} {r['process_s']:>9.1f} {r['rss_mb']:>7.0f} "
-                  f"{r['tree_mb']:>7.0f} {r['precision']:>9.4f} {r['recall']:>7.4f} {r['f1']:>6.4f}")
+                  f"{fmt(ratio, '>8.2f'):>8} {r['process_s']:>9.1f} {fmt(process, '>8.2f'):>8} "
+                  f"{r['rss_mb']:>7.0f} {r['tree_mb']:>7.0f} {r['pss_mb']:>7.0f} "
+                  f"{r['flagged']:>8} {fmt(r.get('precision'), '>9.4f'):>9} "
+                  f"{fmt(r.get('recall'), '>7.4f'):>7} {fmt(r.get('f1'), '>6.4f'):>6}")
         if a.repeat > 1:
             print("all runs (s): " + "; ".join(f"{r['tool']} " + ", ".join(f"{x:.1f}" for x in r["all_seconds"])
                                               for r in results if "all_seconds" in r))
@@ -614,7 +643,8 @@ def main(argv: list[str] | None = None) -> None:
                 "not available yet" in r.get("skipped", "") for r in results) else
                 "curate: no result (see above)")
         print_bands(results, a.threshold)
-        print(f"\nt/t_ours: the tool's seconds over curate's (> 1: curate is faster). "
+        print(f"\nt/t_ours: the tool's seconds over curate's (> 1: curate is faster); p/p_ours: "
+              f"the same for the whole process (interpreter start and imports included). "
               f"load average at the end {os.getloadavg()[0]:.1f}")
         if a.json:
             Path(a.json).write_text(json.dumps({"args": {k: v for k, v in vars(a).items()

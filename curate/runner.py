@@ -41,7 +41,7 @@ from curate.errors import CurateError, RunError
 from curate.explain import filter_detail
 from curate.hashing import hash_json
 from curate.ingest import IngestStats
-from curate.memory import peak_rss_mb
+from curate.memory import peak_rss_mb, release_freed
 from curate.models import cache_home
 from curate.progress import Log
 from curate.readers import fingerprint, list_files
@@ -241,7 +241,8 @@ class PlanRunner:
             if isinstance(step, Score):
                 scorer = self.scorers[i]
                 scores, failed, info = self._score(scorer, alive)
-                if scores["id"].equals(frame["id"]):  # every row, in frame order: no copy
+                fresh_cols = not set(scores.columns[1:]) & set(frame.columns)
+                if fresh_cols and scores["id"].equals(frame["id"]):  # in frame order: no copy
                     frame = frame.hstack(scores.drop("id"))
                 else:
                     frame = frame.join(scores, on="id", how="left")
@@ -324,7 +325,7 @@ class PlanRunner:
         self.spills.update(cache.spills)
         hits = cache.lookup(alive["id"])
         cache.spill_cached(hits["id"])
-        todo = alive.join(hits.select("id"), on="id", how="anti")
+        todo = alive.join(hits.select("id"), on="id", how="anti") if hits.height else alive
         info = {"cache_key": scorer.cache_key(), "rows": alive.height,
                 "from_cache": hits.height, "computed": todo.height}
         if todo.height:
@@ -391,6 +392,7 @@ class PlanRunner:
     def _decide(self, step: Dedup, alive: pl.DataFrame) -> selection.Decision:
         """A registered decision step over the columns it declares, with a row reader."""
         decision = get_decision(step.method)
+        release_freed(0)  # what scoring freed, before the decision's own peak
         wanted = ["id", "_order", *decision.columns(step.options)]
         frame = alive.select(c for c in dict.fromkeys(wanted) if c in alive.columns)
         where = alive.select("id", "_part")

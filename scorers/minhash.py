@@ -17,7 +17,7 @@ The scorer writes one hash per LSH band (``bands`` x ``rows`` values of the
 signature each); rows sharing any band hash are candidate duplicates.
 Empty texts have no shingles and get null bands, so they never match.
 
-With ``sets`` (the default; dedup turns it off when it does not verify) it writes
+With ``sets`` (dedup turns it on when it verifies) it writes
 ``minhash_set``: the row's distinct 32-bit shingle hashes, ascending
 (``curate.text.shingle_sets``), from which verification counts the exact Jaccard of
 a candidate pair without reading or shingling the texts again.
@@ -174,7 +174,7 @@ class MinHash(Scorer):
     fields: str = "all"
     seed: int = 1
     hash: str = "oph"
-    sets: bool = True
+    sets: bool = False
 
     def __post_init__(self) -> None:
         if self.hash not in HASHES:
