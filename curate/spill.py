@@ -71,10 +71,16 @@ class ListSpill:
 
     def append(self, ids: pa.Array | pa.ChunkedArray, lists: pa.Array | pa.ChunkedArray) -> None:
         """Write the lists of these rows."""
-        got = Lists.from_arrow(lists)
-        if len(got.sizes) == 0:
+        if isinstance(lists, pa.ChunkedArray):
+            lists = lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type)
+        if len(lists) == 0:
             return
-        values = got.take(np.arange(len(got.sizes)))[0].astype(self.dtype, copy=False)
+        got = Lists.from_arrow(lists)
+        if got.start[0] + got.sizes.sum() == got.start[-1] + got.sizes[-1]:  # one run of values
+            values = got.values[got.start[0]:got.start[0] + got.sizes.sum()]
+        else:  # null lists that still span values
+            values = got.take(np.arange(len(got.sizes)))[0]
+        values = values.astype(self.dtype, copy=False)
         self._file.write(values.tobytes())
         self._written += len(values)
         ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
