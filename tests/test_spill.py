@@ -64,3 +64,24 @@ def test_a_rerun_from_the_cache_decides_the_same(tmp_path):
     assert "minhash_set" in pq.read_schema(next((tmp_path / "cache").rglob("*.parquet"))).names
     for r in runs:
         assert "minhash_set" not in pq.read_schema(next((r.path / "scores").glob("*.parquet"))).names
+
+
+def test_partly_cached_rows_decide_as_an_uncached_run(tmp_path):
+    """Rows from the cache and rows computed now reach the decision in another order
+    than the frame's: their sets are matched by id."""
+    real = pl.read_parquet(C4).head(200)
+    edited = real.head(40).with_columns(pl.col("text").str.replace_all(r"\bthe\b", "a"))
+    small, full = tmp_path / "small", tmp_path / "full"
+    small.mkdir(), full.mkdir()
+    edited.write_parquet(small / "docs.parquet")  # cached first: the edited copies only
+    pl.concat([real, edited]).write_parquet(full / "docs.parquet")
+    read(small, kind="text").dedup("minhash", threshold=0.7).write(
+        tmp_path / "warm", cache_dir=tmp_path / "cache", quiet=True)
+    runs = [read(full, kind="text").dedup("minhash", threshold=0.7).write(
+        tmp_path / name, cache_dir=cache, quiet=True)
+        for name, cache in (("mixed", tmp_path / "cache"), ("cold", False))]
+    info = runs[0].manifest()["scorers"]["minhash"]
+    assert info["from_cache"] == 40 and info["computed"] == 200
+    q = "select id, reason, detail, representative from rejected order by id"
+    a, b = (connect(r.path).sql(q).fetchall() for r in runs)
+    assert a == b and len(a) >= 10
