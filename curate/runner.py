@@ -34,7 +34,6 @@ import pyarrow.parquet as pq
 from curate import selection
 from curate.bounds import plan_bounds
 from curate.cache import ScorerCache
-from curate.spill import Lists
 from curate.decisions import Access, get_decision
 from curate.engine import ERROR, Engine, Part, get_engine
 from curate.errors import CurateError, RunError
@@ -48,6 +47,7 @@ from curate.readers import fingerprint, list_files
 from curate.run import REJECTED_SCHEMA, Run, prepare_output, write_bytes, write_json, write_table
 from curate.schema import CANONICAL
 from curate.scorer import Scorer, get_scorer
+from curate.spill import Lists
 from curate.steps import Dedup, Filter, Score, Select
 
 if TYPE_CHECKING:
@@ -241,8 +241,8 @@ class PlanRunner:
             if isinstance(step, Score):
                 scorer = self.scorers[i]
                 scores, failed, info = self._score(scorer, alive)
-                fresh_cols = not set(scores.columns[1:]) & set(frame.columns)
-                if fresh_cols and scores["id"].equals(frame["id"]):  # in frame order: no copy
+                new_columns = not set(scores.columns[1:]) & set(frame.columns)
+                if new_columns and scores["id"].equals(frame["id"]):  # in frame order: no copy
                     frame = frame.hstack(scores.drop("id"))
                 else:
                     frame = frame.join(scores, on="id", how="left")

@@ -56,7 +56,8 @@ class Scorer:
     # the manifest then give tokens and tokens/s
     token_columns: ClassVar[tuple[str, ...]] = ()
     # score columns only decisions read (large working data, such as MinHash shingle
-    # sets): cached like the others, but not written to the run's scores
+    # sets): cached like the others, but a run keeps them in a file, not in its frame or
+    # its scores (curate.spill)
     working_columns: ClassVar[tuple[str, ...]] = ()
 
     def config(self) -> dict[str, Any]:
