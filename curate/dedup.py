@@ -422,8 +422,8 @@ def minhash(frame: pl.DataFrame, *, threshold: float, keep: str = "first", verif
             whose set sizes alone rule it out (J <= min / max < threshold) are not
             looked up."""
             ok = np.zeros(len(which), dtype=bool)
-            small = np.minimum(size[edges[which, 0]], size[edges[which, 1]])
-            large = np.maximum(size[edges[which, 0]], size[edges[which, 1]])
+            sa, sb = size[edges[which, 0]], size[edges[which, 1]]
+            small, large = np.minimum(sa, sb), np.maximum(sa, sb)
             can = np.flatnonzero((small >= threshold * large) & (large > 0))
             done[0] += len(which) - len(can)
             done[1] += len(which) - len(can)

@@ -200,18 +200,20 @@ class MinHash(Scorer):
         has = pa.array(counts > 0)
         bands = band_hashes(sigs, self.bands, self.rows)
         band_list = pa.FixedSizeListArray.from_arrays(pa.array(bands.ravel()), self.bands)
-        sketch = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(self.num_perm), len(sigs), [None, pa.py_buffer(sketches(sigs).tobytes())])
         null = pa.nulls(len(sigs))
-        sets = pa.nulls(len(sigs), pa.list_(pa.uint32()))
-        if self.sets:
+        if self.sets:  # the shingle sets verification counts from; no sketch
             values, sizes = shingle_sets(hashes, set_counts)
             offsets = np.zeros(len(sizes) + 1, dtype=np.int32)
             np.cumsum(sizes, out=offsets[1:])
             sets = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=pa.array(sizes == 0))
+            sketch = pa.nulls(len(sigs), pa.binary())
+        else:  # the sketch an unverified pair's Jaccard is estimated from; no sets
+            sets = pa.nulls(len(sigs), pa.list_(pa.uint32()))
+            sketch = pc.if_else(has, pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(self.num_perm), len(sigs),
+                [None, pa.py_buffer(sketches(sigs).tobytes())]).cast(pa.binary()), null)
         return {"minhash_bands": pc.if_else(has, band_list.cast(pa.list_(pa.uint64())), null),
-                "minhash_sketch": (pa.nulls(len(sigs), pa.binary()) if self.sets
-                                   else pc.if_else(has, sketch.cast(pa.binary()), null)),
+                "minhash_sketch": sketch,
                 "minhash_shingles": pa.array(counts, pa.int32()),
                 "minhash_chars": pc.utf8_length(texts).cast(pa.int64()),
                 "minhash_set": sets}
