@@ -71,7 +71,7 @@ _NOT_WORD = r"[^\pL\pN_\s\x0b\x1c-\x1f\x{85}\x{1680}\x{2028}\x{2029}]"
 _POLY = 0x100000001B3 * 2 + 1  # odd: invertible modulo 2^64
 
 
-def _utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def utf8_bytes(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets int64 from 0) of a large_string array without nulls."""
     arr = arr.cast(pa.large_string())
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
@@ -104,10 +104,9 @@ def _collapse(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndar
     after[0] = True
     after[1:] = space[:-1]
     after[offsets[:-1][lengths > 0]] = True
-    keep = ~(space & after)
-    out = raw[keep]
-    counts = np.zeros(len(lengths), dtype=np.int64)  # kept bytes per text
-    counts[lengths > 0] = np.add.reduceat(keep, offsets[:-1][lengths > 0])
+    drop = space & after
+    out = raw[~drop]
+    counts = lengths - np.diff(np.searchsorted(np.flatnonzero(drop), offsets))  # kept per text
     kept = np.concatenate([[0], np.cumsum(counts)])
     # a text whose kept bytes end in a space (trailing whitespace) loses that byte
     last = kept[1:] - 1
@@ -143,8 +142,8 @@ def normalize_bytes(texts: pa.Array | pa.ChunkedArray | list[str], *, punctuatio
         arr = pc.replace_with_mask(arr, mask, pc.utf8_lower(fixed).cast(arr.type))
     if not punctuation:
         arr = pc.replace_substring_regex(arr, _NOT_WORD, " ")
-    raw, offsets = _utf8(arr)
-    return _collapse(_FOLD[raw], offsets)  # ASCII case and whitespace: one table lookup
+    raw, offsets = utf8_bytes(arr)
+    return _collapse(np.take(_FOLD, raw), offsets)  # ASCII case and whitespace: a table lookup
 
 
 def normalize_array(texts: pa.Array | pa.ChunkedArray | list[str], *,
