@@ -2,7 +2,8 @@
 else, so an engine implements only what differs between running on this machine
 and running on a cluster:
 
-- ``ingest(source, staging)``: the input as canonical Parquet data parts;
+- ``map_tasks(fn, calls)``: independent tasks, such as input files ingested apart
+  into canonical Parquet data parts (``ingest`` runs them and reconciles the files);
 - ``map_batches(scorer, parts, columns)``: a scorer's columns for the wanted rows
   of the parts, as tables of ``id`` + score columns + ``_error``, in any order
   (``score_rows`` makes such a table from a batch);
@@ -26,19 +27,21 @@ import shutil
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.errors import CurateError
-from curate.ingest import IngestStats, ingest
+from curate.errors import CurateError, InputError
+from curate.ingest import IngestState, IngestStats, check_kind, ingest, ingest_file, renumber
 from curate.memory import freeze_gc, release_freed
-from curate.run import write_table
+from curate.readers import InputFiles, scan
+from curate.run import read_parquet, write_table
 from curate.scorer import Scorer
 from curate.steps import Read
 
@@ -59,10 +62,44 @@ def read_part(part: Part, columns: list[str]) -> pa.Table:
     """The ``columns`` of the wanted rows of ``part`` (read whole, then filtered by id in
     memory: ids are random, so no row group could be skipped, and Arrow's in-memory
     filter is faster than its dataset filter)."""
-    table = pq.read_table(part.path, columns=list(dict.fromkeys(["id", *columns])))
+    table = read_parquet(part.path, columns=list(dict.fromkeys(["id", *columns])))
     if part.ids is not None and len(part.ids) < table.num_rows:
         table = table.filter(pc.is_in(table["id"], value_set=part.ids))
     return table.select(columns)
+
+
+def ingest_one_file(source: Read, file: str, index: int, staging: str, state: IngestState,
+                    chunk_rows: int) -> tuple[IngestStats, IngestState, list[dict], list[Any]]:
+    """Ingest one input file after the files that gave ``state``; its parts are written
+    as ``staging/fNNNNN-CCCCC.parquet`` (CCCCC counts its chunks). Returns its stats, the
+    state after it, its rejected records and, per chunk, (part name, the content hashes
+    of its rows) or None for a chunk of no good rows."""
+    for old in Path(staging).glob(f"f{index:05d}-*.parquet"):  # from a first try
+        old.unlink()
+    stats = IngestStats(kind=source.kind)
+    records: list[dict] = []
+    parts: list[Any] = []
+    state.ids.log = []
+    for c, (table, bad, _) in enumerate(ingest_file(
+            Path(source.path), Path(file), state, stats, kind=source.kind, adapter=source.adapter,
+            columns=source.columns, chunk_rows=chunk_rows)):
+        name = f"f{index:05d}-{c:05d}.parquet"
+        hashes = np.array(state.ids.log, dtype=np.uint64)
+        state.ids.log = []
+        if table is not None:
+            write_table(table, Path(staging) / name)
+        parts.append((name, hashes) if table is not None else None)
+        records.extend(bad)
+    state.ids.log = None
+    return stats, state, records, parts
+
+
+def renumber_file(staging: str, parts: list[Any], before: dict[int, int]) -> None:
+    """``renumber`` the parts of one file (``ingest_one_file``'s) for after ``before``."""
+    counts: dict[int, int] = {}
+    for part in parts:
+        if part is not None:
+            renumber(Path(staging) / part[0], part[1], before, counts)
 
 
 ERROR = "_error"
@@ -112,7 +149,12 @@ class Engine(ABC):
     def ingest(self, source: Read, staging: Path,
                on_rows: Callable[[int], None] = lambda n: None) -> tuple[IngestStats, list[dict]]:
         """Write ``source`` as canonical data parts ``staging/part-NNNNN.parquet``; returns
-        the ingest stats and the rejected records of bad rows."""
+        the ingest stats and the rejected records of bad rows. Files are ingested apart
+        (``map_tasks``) when there are several and more than one worker."""
+        check_kind(source.kind)
+        found = scan(source.path)
+        if len(found.files) > 1 and self.workers > 1:
+            return self._ingest_files(source, found, staging, on_rows)
         shutil.rmtree(staging, ignore_errors=True)
         records: list[dict] = []
         stats = IngestStats()
@@ -122,6 +164,71 @@ class Engine(ABC):
             if table is not None:
                 write_table(table, staging / f"part-{n:05d}.parquet")
             records.extend(bad)
+        return stats, records
+
+    def map_tasks(self, fn: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
+        """``fn(*call)`` for every call, yielding (index in ``calls``, result) as each
+        finishes; a call that raises a CurateError yields the error instead. ``fn`` is
+        a module-level function (it may run in another process)."""
+        for k, call in enumerate(calls):
+            try:
+                yield k, fn(*call)
+            except CurateError as err:
+                yield k, err
+
+    def _ingest_files(self, source: Read, found: InputFiles, staging: Path,
+                      on_rows: Callable[[int], None]) -> tuple[IngestStats, list[dict]]:
+        """``ingest`` with each file ingested on its own. A file's ids, kind and column
+        types can depend on the files before it (a row repeated from an earlier file gets
+        another id): each file's result is checked against the files before it, in input
+        order, and the few files that clash are ingested once more after those files, so
+        the parts and ids are those of ingesting the files one after another."""
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        files = found.files
+
+        def call(i: int, state: IngestState) -> tuple:
+            return source, str(files[i]), i, str(staging), state, self.chunk_rows
+
+        results: list[Any] = [None] * len(files)
+        first = [call(i, IngestState(kind=source.kind)) for i in range(len(files))]
+        for i, result in self.map_tasks(ingest_one_file, first):
+            if not isinstance(result, CurateError):  # else raised again below, in input order
+                results[i] = result
+                on_rows(result[0].rows_read)
+        before = IngestState(kind=source.kind)  # the state after the files so far
+        again: list[tuple[int, IngestState]] = []
+        renumber: list[tuple] = []
+        for i in range(len(files)):
+            if results[i] is None:  # the file failed on its own: fails or not after the rest
+                results[i] = ingest_one_file(*call(i, before))
+                before = results[i][1]  # that try went on from ``before``
+                continue
+            clash = before.clash(results[i][1])
+            if clash == "file":
+                again.append((i, before.copy()))
+            elif clash == "ids":  # only repeated rows' ids change: rewritten in place
+                renumber.append((str(staging), results[i][3], before.before(results[i][1])))
+            before.absorb(results[i][1])
+        for k, result in self.map_tasks(ingest_one_file, [call(i, st) for i, st in again]):
+            if isinstance(result, CurateError):
+                raise result
+            results[again[k][0]] = result
+        for _, result in self.map_tasks(renumber_file, renumber):
+            if isinstance(result, CurateError):
+                raise result
+        if not any(r[0].rows_read for r in results):
+            raise InputError(f"{source.path}: the input has no rows")
+        stats = IngestStats(files=[str(f) for f in files], kind=before.kind, skipped=found.skipped)
+        records: list[dict] = []
+        n = 0
+        for file_stats, _, file_records, parts in results:
+            for part in parts:  # the numbering of ingesting the files one after another
+                if part is not None:
+                    (staging / part[0]).rename(staging / f"part-{n:05d}.parquet")
+                n += 1
+            records.extend(file_records)
+            stats.add(file_stats)
         return stats, records
 
     def fit(self, scorer: Scorer) -> Any:
@@ -220,6 +327,21 @@ class LocalEngine(Engine):
     def batches(self, parts: list[Part], columns: list[str], size: int) -> Iterator[pa.RecordBatch]:
         for table in self.read_rows(parts, columns):
             yield from table.to_batches(max_chunksize=size)
+
+    def map_tasks(self, fn: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
+        """Tasks in ``workers`` forked processes (ingest: pyarrow only in the children)."""
+        if len(calls) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            yield from super().map_tasks(fn, calls)
+            return
+        release_freed(0)
+        with ProcessPoolExecutor(min(self.workers, len(calls)),
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = {pool.submit(fn, *call): k for k, call in enumerate(calls)}
+            for future in as_completed(futures):
+                err = future.exception()
+                if err is not None and not isinstance(err, CurateError):
+                    raise err
+                yield futures[future], err or future.result()
 
     def map_batches(self, scorer: Scorer, parts: list[Part], columns: list[str]) -> Iterator[pa.Table]:
         workers = self.replicas(scorer, sum(p.rows for p in parts))

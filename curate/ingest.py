@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import adapters as ad
 from curate.errors import InputError
-from curate.hashing import hash_int, hash_text
+from curate.hashing import hash_int, hash_ints, hash_text
 from curate.readers import Chunk, read_chunks, scan
+from curate.run import read_parquet, write_table
 from curate.schema import CANONICAL, KINDS, message_text, prompt_messages
 
 RESERVED = {"id", "source", "source_row", "prompt_id"}
@@ -56,18 +58,55 @@ class IngestStats:
             self.bad_reasons[reason] = self.bad_reasons.get(reason, 0) + k
 
 
+def row_id(h: int, n: int) -> str:
+    """The id of occurrence ``n`` (from 0) of a row whose content hashes to ``h``: the
+    hash itself, or for a repeat the hash with the occurrence number mixed in."""
+    return f"{h:016x}" if n == 0 else hash_text(f"{h:016x}#{n}")
+
+
 class RowIds:
-    """Stable content ids: xxh3-64 of the canonical row; a repeat of an earlier
-    row gets its occurrence number mixed in, so ids stay unique."""
+    """Stable content ids: xxh3-64 of the canonical row (of a text row: of its text);
+    a repeat of an earlier row gets its occurrence number mixed in (``row_id``), so ids
+    stay unique. With ``log`` a list, the hash of every id handed out is appended to it."""
 
     def __init__(self) -> None:
         self.seen: dict[int, int] = {}
+        self.log: list[int] | None = None
 
     def __call__(self, content: str) -> str:
         h = hash_int(content)
         n = self.seen.get(h, 0)
         self.seen[h] = n + 1
-        return f"{h:016x}" if n == 0 else hash_text(f"{content}#{n}")
+        if self.log is not None:
+            self.log.append(h)
+        return row_id(h, n)
+
+    def many(self, hashes: np.ndarray) -> pa.Array:
+        """The ids of rows whose contents hash to ``hashes`` (``hash_int`` of each), in order."""
+        keys = hashes.tolist()
+        if self.log is not None:
+            self.log.extend(keys)
+        fresh = dict.fromkeys(keys, 1)
+        if len(fresh) == len(keys) and self.seen.keys().isdisjoint(fresh):  # no repeat
+            self.seen.update(fresh)
+            return _hex_ids(hashes)
+        out = []
+        for h in keys:
+            n = self.seen.get(h, 0)
+            self.seen[h] = n + 1
+            out.append(row_id(h, n))
+        return pa.array(out, pa.string())
+
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_ids(hashes: np.ndarray) -> pa.Array:
+    """``f"{h:016x}"`` of every hash, as a string array (no Python per row)."""
+    big = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)
+    digits = np.stack([_HEX[big >> 4], _HEX[big & 15]], axis=-1).reshape(-1)
+    offsets = np.arange(0, 16 * len(hashes) + 1, 16, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(hashes), pa.py_buffer(offsets), pa.py_buffer(digits))
 
 
 def _compact(value: Any) -> Any:
@@ -206,10 +245,8 @@ def _plain_text(chunk: Chunk, chosen: ad.Adapter | None, state: IngestState, ids
     if col.null_count or pc.any(pc.match_substring_regex(col, _BLANK)).as_py():
         return None
     col = col.cast(pa.string()).combine_chunks()
-    encode = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) writes
-    row_ids = [ids('{"text":' + encode(t) + "}") for t in col.to_pylist()]
     n = len(col)
-    cols = {"id": pa.array(row_ids, pa.string()), "text": col,
+    cols = {"id": ids.many(hash_ints(col)), "text": col,
             "source": pa.array([rel] * n, pa.string()),
             "source_row": pa.array(range(chunk.start, chunk.start + n), pa.int64()),
             "prompt_id": pa.nulls(n, pa.string())}
@@ -230,23 +267,54 @@ class IngestState:
     bad_ids: RowIds = field(default_factory=RowIds)
     types: dict[str, pa.DataType] = field(default_factory=dict)
 
-    def shares_with(self, later: IngestState) -> bool:
-        """Whether ``later`` (a file ingested on its own) could come out differently
-        after the files of ``self``: its kind, a repeated row or a column type clash."""
-        return ((later.kind is not None and self.kind not in (None, later.kind))
-                or not self.ids.seen.keys().isdisjoint(later.ids.seen)
+    def clash(self, later: IngestState) -> str | None:
+        """How ``later`` (a file ingested on its own) could come out differently after
+        the files of ``self``: "ids" when only some of its rows repeat earlier rows (their
+        ids change: ``renumber``), "file" when its kind, a column type or a bad row's id
+        could (ingest it again), None when it cannot."""
+        if ((later.kind is not None and self.kind not in (None, later.kind))
                 or not self.bad_ids.seen.keys().isdisjoint(later.bad_ids.seen)
-                or any(self.types.get(k, t) != t for k, t in later.types.items()))
+                or any(self.types.get(k, t) != t for k, t in later.types.items())):
+            return "file"
+        return None if self.ids.seen.keys().isdisjoint(later.ids.seen) else "ids"
 
-    def then(self, later: IngestState) -> IngestState:
-        """The state after ``later``'s file, ingested after the files of ``self``."""
-        out = IngestState(self.kind or later.kind, RowIds(), RowIds(), {**later.types, **self.types})
-        for mine, theirs, into in ((self.ids, later.ids, out.ids),
-                                   (self.bad_ids, later.bad_ids, out.bad_ids)):
-            into.seen.update(mine.seen)
+    def before(self, later: IngestState) -> dict[int, int]:
+        """How often each content of ``later``'s rows occurs in the files of ``self``."""
+        seen = self.ids.seen
+        return {h: seen[h] for h in later.ids.seen if h in seen}
+
+    def absorb(self, later: IngestState) -> None:
+        """Become the state after ``later``'s file, ingested after the files of ``self``."""
+        self.kind = self.kind or later.kind
+        self.types = {**later.types, **self.types}
+        for mine, theirs in ((self.ids, later.ids), (self.bad_ids, later.bad_ids)):
             for h, n in theirs.seen.items():
-                into.seen[h] = into.seen.get(h, 0) + n
+                mine.seen[h] = mine.seen.get(h, 0) + n
+
+    def copy(self) -> IngestState:
+        out = IngestState(self.kind, RowIds(), RowIds(), dict(self.types))
+        out.ids.seen, out.bad_ids.seen = dict(self.ids.seen), dict(self.bad_ids.seen)
         return out
+
+
+def renumber(part: Path, hashes: np.ndarray, before: dict[int, int], counts: dict[int, int]
+             ) -> None:
+    """Rewrite the ids of a data part (rows' content hashes ``hashes``) ingested on its
+    own for after rows whose contents occur ``before`` times earlier; ``counts`` (per
+    hash, updated) are the occurrences in the file's parts before this one."""
+    hit = np.flatnonzero(np.isin(hashes, np.fromiter(before, np.uint64, len(before))))
+    if not len(hit):
+        return
+    new = []
+    for h in hashes[hit].tolist():
+        k = counts.get(h, 0)
+        counts[h] = k + 1
+        new.append(row_id(h, before[h] + k))
+    table = read_parquet(part)
+    mask = np.zeros(table.num_rows, dtype=bool)
+    mask[hit] = True
+    ids = pc.replace_with_mask(table["id"].combine_chunks(), pa.array(mask), pa.array(new, pa.string()))
+    write_table(table.set_column(table.schema.get_field_index("id"), "id", ids), part)
 
 
 def check_kind(kind: str | None) -> None:
@@ -356,7 +424,7 @@ def ingest_file(root: Path, file: Path, state: IngestState, stats: IngestStats, 
                 if out_kind == "sft":
                     row["label"] = _label(raw)
                     stats.labeled_rows += row["label"] is not None
-                row["id"] = ids(_canonical_json(row))
+                row["id"] = ids(row["text"] if out_kind == "text" else _canonical_json(row))
                 canon.append(row)
                 keep.append(i)
         n = chunk.num_rows + len(chunk.errors)

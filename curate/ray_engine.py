@@ -13,13 +13,10 @@ the same ids, the same selected rows and the same rejected reasons as a local ru
   (fractional where a small model shares a GPU). Only ``id`` + score columns come
   back to the driver. A worker that dies mid-batch is retried by Ray; the runner's
   cache keeps one score per id, so no row is lost or counted twice.
-- ``ingest``: one Ray task per input file turns it into canonical data parts. A
-  file's ids, kind and column types can depend on the files before it (a row
-  repeated from an earlier file gets another id); the driver checks each file's
-  result against the files before it, in input order, and ingests the few files
-  that clash once more, after those files, so the parts and ids are the local
-  engine's. The data parts go to the run directory, which every node must see (a
-  shared filesystem on a multi-node cluster).
+- ``map_tasks`` (ingest): one Ray task per input file turns it into canonical data
+  parts; the engine's ``ingest`` checks the files against each other, as on the
+  local engine. The data parts go to the run directory, which every node must see
+  (a shared filesystem on a multi-node cluster).
 - ``read_rows`` is the local engine's (decision steps read texts only of the rows
   they need, by id).
 - ``map_groups``: a Ray Data group-by (hash shuffle) over the key modulo a number of
@@ -37,9 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,12 +42,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.engine import Engine, Part, read_part, register_engine, score_rows
-from curate.errors import CurateError, InputError
-from curate.ingest import IngestState, IngestStats, check_kind, ingest_file
-from curate.readers import scan
-from curate.run import write_table
+from curate.errors import CurateError
 from curate.scorer import Scorer
-from curate.steps import Read
 
 INSTALL = "pip install -e '.[ray]'"
 
@@ -76,35 +67,6 @@ def _probe(address: str, timeout: float = 5.0) -> None:
     except (OSError, ValueError) as err:
         raise CurateError(f"cannot connect to the Ray cluster at {address}: {err} (is a head "
                           "node running there? start one with `ray start --head`)") from err
-
-
-def _ingest_task(source: Read, file: str, index: int, staging: str, state: IngestState,
-                 chunk_rows: int) -> tuple[IngestStats, IngestState, list[dict], list[str]]:
-    """A Ray task: ingest one input file after the files that gave ``state``; its
-    parts are written as ``staging/fNNNNN-CCCCC.parquet`` (CCCCC counts its chunks)."""
-    for old in Path(staging).glob(f"f{index:05d}-*.parquet"):  # from a first try
-        old.unlink()
-    stats = IngestStats(kind=source.kind)
-    records: list[dict] = []
-    names: list[str] = []
-    for c, (table, bad, _) in enumerate(ingest_file(
-            Path(source.path), Path(file), state, stats, kind=source.kind, adapter=source.adapter,
-            columns=source.columns, chunk_rows=chunk_rows)):
-        name = f"f{index:05d}-{c:05d}.parquet"
-        if table is not None:
-            write_table(table, Path(staging) / name)
-        names.append(name if table is not None else "")
-        records.extend(bad)
-    return stats, state, records, names
-
-
-def _get(ray, ref):
-    """``ray.get``, raising a curate error from the task as itself (one line, not Ray's
-    traceback)."""
-    try:
-        return ray.get(ref)
-    except CurateError as err:  # Ray's wrapper is an instance of the cause's class too
-        raise getattr(err, "cause", err) from None
 
 
 _TASK_SCORERS: dict[str, Scorer] = {}  # per worker process: scorers set up by earlier tasks
@@ -168,58 +130,18 @@ class RayEngine(Engine):
         self.cluster = ray.cluster_resources()
         self.workers = max(1, int(self.cluster.get("CPU", 1)))
 
-    def ingest(self, source: Read, staging: Path,
-               on_rows: Callable[[int], None] = lambda n: None) -> tuple[IngestStats, list[dict]]:
-        """The local engine's ingest, one Ray task per input file (see the module docstring)."""
+    def map_tasks(self, fn: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
+        """One Ray task per call (ingest: one per input file; see the module docstring)."""
         ray = _ray()
-        check_kind(source.kind)
-        found = scan(source.path)
-        if len(found.files) < 2:  # nothing to spread: the local engine's ingest
-            return super().ingest(source, staging, on_rows)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        task = ray.remote(num_cpus=1)(_ingest_task)
-
-        def submit(i: int, state: IngestState):
-            return task.remote(source, str(found.files[i]), i, str(staging), state, self.chunk_rows)
-
-        first = [submit(i, IngestState(kind=source.kind)) for i in range(len(found.files))]
-        pending = {ref: i for i, ref in enumerate(first)}
-        results: list[Any] = [None] * len(first)
-        while pending:  # progress as files finish, in any order
+        task = ray.remote(num_cpus=1)(fn)
+        pending = {task.remote(*call): k for k, call in enumerate(calls)}
+        while pending:  # as files finish, in any order
             (ref,), _ = ray.wait(list(pending))
-            i = pending.pop(ref)
+            k = pending.pop(ref)
             try:
-                results[i] = ray.get(ref)
-                on_rows(results[i][0].rows_read)
-            except CurateError:
-                pass  # raised again below, in input order
-        before = IngestState(kind=source.kind)  # the state after the files so far
-        again: dict[int, Any] = {}
-        for i in range(len(first)):
-            if results[i] is None:  # the file failed on its own: fails or not after the rest
-                results[i] = _get(ray, submit(i, before))
-                before = results[i][1]  # that try went on from ``before``
-                continue
-            if before.shares_with(results[i][1]):
-                again[i] = submit(i, before)
-            before = before.then(results[i][1])
-        for i, ref in again.items():
-            results[i] = _get(ray, ref)
-        if not any(r[0].rows_read for r in results):
-            raise InputError(f"{source.path}: the input has no rows")
-        stats = IngestStats(files=[str(f) for f in found.files], kind=before.kind,
-                            skipped=found.skipped)
-        records: list[dict] = []
-        n = 0
-        for file_stats, _, file_records, names in results:
-            for name in names:  # the local engine's part numbering
-                if name:
-                    (staging / name).rename(staging / f"part-{n:05d}.parquet")
-                n += 1
-            records.extend(file_records)
-            stats.add(file_stats)
-        return stats, records
+                yield k, ray.get(ref)
+            except CurateError as err:  # Ray's wrapper is an instance of the cause's class too
+                yield k, getattr(err, "cause", err)
 
     def map_groups(self, table: pa.Table, key: str, fn: Callable[[pa.Table], pa.Table]) -> pa.Table:
         import ray.data

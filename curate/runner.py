@@ -20,7 +20,9 @@ import json
 import pickle
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -44,7 +46,8 @@ from curate.memory import peak_rss_mb, release_freed
 from curate.models import cache_home
 from curate.progress import Log
 from curate.readers import fingerprint, list_files
-from curate.run import REJECTED_SCHEMA, Run, prepare_output, write_bytes, write_json, write_table
+from curate.run import (REJECTED_SCHEMA, Run, link_or_copy, prepare_output, read_parquet, write_bytes,
+                        write_json, write_table)
 from curate.schema import CANONICAL
 from curate.scorer import Scorer, get_scorer
 from curate.spill import Lists
@@ -107,7 +110,7 @@ def data_columns(parts: list[Path], kind: str) -> list[str]:
     if not parts:
         return []
     common = set.intersection(*(set(pq.read_schema(p).names) for p in parts))
-    table = pq.read_table(parts[0], columns=[c for c in pq.read_schema(parts[0]).names if c in common])
+    table = read_parquet(parts[0], columns=[c for c in pq.read_schema(parts[0]).names if c in common])
     skip = {*FRAME_BASE, *CANONICAL[kind], "source_row"} - {"label"}
     out = []
     for field in table.schema:
@@ -421,21 +424,37 @@ class PlanRunner:
                   .group_by("_part").agg("i"))
         index = dict(zip(groups["_part"].to_list(), groups["i"]))
         none = pl.Series("i", [], dtype=pl.UInt32)
-        for part in parts:
-            rows = frame.select("_alive", "id", *score_cols)[index.get(part.name, none)]
-            table = pq.read_table(part)  # the part's own kept ids: a small set to look up
-            keep_ids = rows.filter("_alive")["id"].to_arrow()
-            write_table(table.filter(pc.is_in(table["id"], value_set=keep_ids)),
-                        staging / "selected" / part.name)
+        (staging / "selected").mkdir(parents=True)
+
+        def write_part(part: Path, rows: pl.DataFrame) -> None:
+            if rows["_alive"].all() and rows.height == pq.read_metadata(part).num_rows:
+                link_or_copy(part, staging / "selected" / part.name)  # every row kept
+            else:
+                table = read_parquet(part)  # the part's own kept ids: a small set to look up
+                keep_ids = rows.filter("_alive")["id"].to_arrow()
+                write_table(table.filter(pc.is_in(table["id"], value_set=keep_ids)),
+                            staging / "selected" / part.name)
             write_table(rows.select("id", *score_cols).to_arrow(), staging / "scores" / part.name)
+
+        # threads: Arrow reads, filters, compresses and writes without the GIL
+        with ThreadPoolExecutor(self.engine.workers) as pool:
+            pending: deque = deque()
+            for part in parts:
+                rows = frame.select("_alive", "id", *score_cols)[index.get(part.name, none)]
+                pending.append(pool.submit(write_part, part, rows))
+                if len(pending) >= 2 * self.engine.workers:
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
         write_table(rejected.to_arrow().cast(REJECTED_SCHEMA), staging / "rejected" / "part-00000.parquet")
         for name in ("selected", "scores", "rejected"):
             (staging / name).mkdir(parents=True, exist_ok=True)
             run.replace_dir(name, staging / name)
 
     def _check_counts(self, run: Run, rows_in: int) -> dict[str, int]:
-        sel = run.table("selected", columns=["id"])["id"]
-        rej = run.table("rejected", columns=["id"])["id"]
+        sel, rej = (pa.chunked_array([c for f in sorted(run.dir(name).glob("*.parquet"))
+                                      for c in read_parquet(f, ["id"])["id"].chunks], pa.string())
+                    for name in ("selected", "rejected"))
         n_sel, n_rej = len(sel), len(rej)
         all_ids = pa.chunked_array(sel.chunks + rej.chunks, pa.string())
         distinct = len(pc.unique(all_ids))

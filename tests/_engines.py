@@ -7,11 +7,13 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import polars as pl
 import pyarrow as pa
 
+from conftest import DATA
 from curate.engine import LocalEngine, Part, read_part, register_engine, score_rows
 from curate.run import open_run
 from curate.scorer import Resources, Scorer, register
@@ -80,6 +82,30 @@ def same_run(a, b) -> None:
     assert ma["engine"] == "local" and mb["engine"] != "local"
     assert ma["counts"] == mb["counts"]
     assert [s["out"] for s in ma["stages"]] == [s["out"] for s in mb["stages"]]
+
+
+def dependent_files(src: Path) -> None:
+    """Write input files whose ingest depends on the files before them: rows repeated
+    from an earlier file, a column whose type changes, a line that does not parse."""
+    rows = pl.read_parquet(DATA / "llamafactory" / "alpaca_en_demo.parquet")
+    (src / "b").mkdir(parents=True)
+    rows[:120].with_columns(rating=pl.int_range(120)).write_parquet(src / "a.parquet")
+    rows[100:220].write_ndjson(src / "b" / "c.jsonl")  # 20 rows repeat a.parquet's
+    rows[220:260].with_columns(rating=pl.lit("good")).write_ndjson(src / "d.jsonl")
+    with open(src / "d.jsonl", "a") as f:
+        f.write('{"instruction": "cut off\n')  # a line that does not parse
+
+
+def same_parts(a: Path, b: Path) -> list[pl.DataFrame]:
+    """Runs ``a`` and ``b`` have the same data parts (names and rows); returns b's."""
+    names = [sorted(p.name for p in (r / "data").glob("*.parquet")) for r in (a, b)]
+    assert names[0] == names[1]
+    data = []
+    for name in names[1]:
+        x, y = (pl.read_parquet(r / "data" / name) for r in (a, b))
+        assert x.equals(y), name
+        data.append(y)
+    return data
 
 
 @register

@@ -4,9 +4,10 @@ selected ids, rejected records and scores."""
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
-from _engines import ReverseEngine, same_run
+from _engines import ReverseEngine, dependent_files, same_parts, same_run
 from conftest import DATA, ROOT, curate_cli
 from curate import read
 from curate.engine import ENGINES
@@ -30,6 +31,24 @@ def test_default_sft_pipeline_same_on_both_engines(tmp_path):
     assert len(list((tmp_path / "local" / "data").glob("*.parquet"))) == 1
     same_run(tmp_path / "local", tmp_path / "reverse")
     assert open_run(tmp_path / "local").manifest()["counts"]["selected"] == 60
+
+
+def test_files_ingested_in_workers_same_as_one_after_another(tmp_path):
+    """The local engine ingests files in forked workers; files that depend on the ones
+    before them (a repeated row, a column whose type changes, a bad line) come out as
+    when ingested one after another: the same parts, ids and rejected records."""
+    dependent_files(tmp_path / "in")
+    pipe = read(tmp_path / "in").score("quality")
+    runs = [pipe.write(tmp_path / str(w), cache_dir=False, quiet=True, workers=w) for w in (1, 2)]
+    data = same_parts(runs[0].path, runs[1].path)
+    assert [d.height for d in data] == [120, 120, 40]
+    assert pl.concat([d["id"] for d in data]).n_unique() == 280  # repeated rows, new ids
+    assert data[2]["rating"].to_list() == ["good"] * 40  # the type of a.parquet clashed
+    for name in ("selected", "rejected"):
+        a, b = (pl.from_arrow(r.table(name)).sort("id") for r in runs)
+        assert a.equals(b), name
+    assert runs[1].manifest()["counts"] == runs[0].manifest()["counts"] == {
+        "input": 281, "ingest_rejected": 1, "selected": 280, "rejected": 1}
 
 
 def test_preference_decontamination_and_forked_workers_same_on_both_engines(tmp_path):

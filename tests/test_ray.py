@@ -10,7 +10,7 @@ import sys
 import polars as pl
 import pytest
 
-from _engines import Faulty, same_run  # noqa: F401  (Faulty registers the test scorer)
+from _engines import Faulty, dependent_files, same_parts, same_run  # noqa: F401  (Faulty registers the test scorer)
 from conftest import DATA, ROOT, cli
 from curate import read
 from curate.errors import CurateError
@@ -54,32 +54,20 @@ def test_preference_pipeline_same_as_local(cluster, tmp_path):
 def test_ingest_of_many_files_same_as_local(cluster, tmp_path):
     """One Ray task per file; files that depend on the ones before them (rows repeated
     from an earlier file, a column whose type changes, a bad JSONL line) come out as
-    the local engine's: the same parts, ids, columns and rejected records."""
-    rows = pl.read_parquet(DATA / "llamafactory" / "alpaca_en_demo.parquet")
-    src = tmp_path / "in"
-    (src / "b").mkdir(parents=True)
-    rows[:120].with_columns(rating=pl.int_range(120)).write_parquet(src / "a.parquet")
-    rows[100:220].write_ndjson(src / "b" / "c.jsonl")  # 20 rows repeat a.parquet's
-    rows[220:260].with_columns(rating=pl.lit("good")).write_ndjson(src / "d.jsonl")
-    with open(src / "d.jsonl", "a") as f:
-        f.write('{"instruction": "cut off\n')  # a line that does not parse
-    pipe = read(src).score("quality")
-    runs = {e: pipe.write(tmp_path / e, engine=e, cache_dir=False, quiet=True)
-            for e in ("local", "ray")}
-    same_run(runs["local"].path, runs["ray"].path)
-    parts = {e: sorted(p.name for p in (r.path / "data").glob("*.parquet")) for e, r in runs.items()}
-    assert parts["local"] == parts["ray"] == ["part-00000.parquet", "part-00001.parquet",
-                                              "part-00002.parquet"]
-    for name in parts["ray"]:
-        a, b = (pl.read_parquet(runs[e].path / "data" / name) for e in ("local", "ray"))
-        assert a.equals(b), name
-    data = [pl.read_parquet(runs["ray"].path / "data" / name) for name in parts["ray"]]
+    the local engine's ingesting them one after another: the same parts, ids, columns
+    and rejected records."""
+    dependent_files(tmp_path / "in")
+    pipe = read(tmp_path / "in").score("quality")
+    local = pipe.write(tmp_path / "local", cache_dir=False, quiet=True, workers=1)
+    ray_run = pipe.write(tmp_path / "ray", engine="ray", cache_dir=False, quiet=True)
+    same_run(local.path, ray_run.path)
+    data = same_parts(local.path, ray_run.path)
     assert [d.height for d in data] == [120, 120, 40]
     assert pl.concat([d["id"] for d in data]).n_unique() == 280  # repeated rows, new ids
     assert data[0]["rating"].to_list() == list(range(120)) and "rating" not in data[1].columns
     assert data[2]["rating"].to_list() == ["good"] * 40  # not an int: kept as text
-    man = runs["ray"].manifest()
-    assert man["counts"] == {"input": 281, "ingest_rejected": 1, "selected": 280, "rejected": 1}
+    assert ray_run.manifest()["counts"] == {"input": 281, "ingest_rejected": 1, "selected": 280,
+                                            "rejected": 1}
 
 
 def test_minhash_candidate_pairs_by_a_distributed_group_by(cluster, tmp_path):
