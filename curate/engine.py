@@ -181,8 +181,10 @@ class Engine(ABC):
         """``ingest`` with each file ingested on its own. A file's ids, kind and column
         types can depend on the files before it (a row repeated from an earlier file gets
         another id): each file's result is checked against the files before it, in input
-        order, and the few files that clash are ingested once more after those files, so
-        the parts and ids are those of ingesting the files one after another."""
+        order; a file whose rows repeat earlier rows gets those rows' ids rewritten
+        (``renumber``), the rare file whose kind, column types or bad rows clash is
+        ingested once more after those files, so the parts and ids are those of
+        ingesting the files one after another."""
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         files = found.files
@@ -210,6 +212,7 @@ class Engine(ABC):
             elif clash == "ids":  # only repeated rows' ids change: rewritten in place
                 renumber.append((str(staging), results[i][3], before.before(results[i][1])))
             before.absorb(results[i][1])
+            results[i] = (results[i][0], None, *results[i][2:])  # its state is in ``before``
         for k, result in self.map_tasks(ingest_one_file, [call(i, st) for i, st in again]):
             if isinstance(result, CurateError):
                 raise result
