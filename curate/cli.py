@@ -8,6 +8,7 @@ commands live in ``curate.sae_cli``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import traceback
@@ -810,7 +811,6 @@ def main() -> None:
     """Entry point: user errors are one line on stderr and exit code 2."""
     try:
         cli(standalone_mode=False)
-        freeze_gc()  # nothing left to collect that matters: exit without walking the heap
     except CurateError as err:
         if _debug():
             traceback.print_exc()
@@ -828,6 +828,18 @@ def main() -> None:
         sys.exit(err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    _leave()
+
+
+def _leave() -> None:
+    """Exit 0 after the atexit handlers (Ray's shutdown, multiprocessing's clean-up) and
+    a flush of stdout and stderr, without the interpreter's teardown of every module and
+    object: that took 0.2 s after a 50,000-row dedup, and every file is closed by now."""
+    freeze_gc()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
