@@ -191,7 +191,8 @@ def _originals(chunk: Chunk, keep: list[int], kind: str, canonical: dict[str, pa
     reserved, or taken by a canonical column with other values, is renamed ``raw_<name>``;
     one equal to its canonical twin is not stored twice."""
     if chunk.arrow is not None:
-        table = chunk.arrow.take(pa.array(keep, pa.int64()))
+        table = (chunk.arrow if len(keep) == chunk.arrow.num_rows  # every row (keep ascends)
+                 else chunk.arrow.take(pa.array(keep, pa.int64())))
     else:
         rows = [chunk.rows[i] for i in keep]
         names = list(dict.fromkeys(k for r in rows for k in r))
@@ -217,6 +218,8 @@ def _originals(chunk: Chunk, keep: list[int], kind: str, canonical: dict[str, pa
 def _same(original: pa.ChunkedArray, canonical: pa.Array) -> bool:
     """Whether each holds exactly the other (both ways: a cast may drop or add fields)."""
     orig = original.combine_chunks()
+    if orig.type == canonical.type:
+        return orig.equals(canonical)
     try:
         return (orig.cast(canonical.type).equals(canonical)
                 and canonical.cast(orig.type).equals(orig))
