@@ -291,8 +291,10 @@ class IngestState:
         self.kind = self.kind or later.kind
         self.types = {**later.types, **self.types}
         for mine, theirs in ((self.ids, later.ids), (self.bad_ids, later.bad_ids)):
-            for h, n in theirs.seen.items():
-                mine.seen[h] = mine.seen.get(h, 0) + n
+            before = {h: mine.seen[h] for h in mine.seen.keys() & theirs.seen.keys()}
+            mine.seen.update(theirs.seen)  # in C; then the few contents both have
+            for h, n in before.items():
+                mine.seen[h] += n
 
     def copy(self) -> IngestState:
         out = IngestState(self.kind, RowIds(), RowIds(), dict(self.types))
