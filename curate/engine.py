@@ -200,7 +200,7 @@ class Engine(ABC):
                 on_rows(result[0].rows_read)
         before = IngestState(kind=source.kind)  # the state after the files so far
         again: list[tuple[int, IngestState]] = []
-        renumber: list[tuple] = []
+        rewrite: list[tuple] = []  # renumber_file calls
         for i in range(len(files)):
             if results[i] is None:  # the file failed on its own: fails or not after the rest
                 results[i] = ingest_one_file(*call(i, before))
@@ -210,14 +210,14 @@ class Engine(ABC):
             if clash == "file":
                 again.append((i, before.copy()))
             elif clash == "ids":  # only repeated rows' ids change: rewritten in place
-                renumber.append((str(staging), results[i][3], before.before(results[i][1])))
+                rewrite.append((str(staging), results[i][3], before.before(results[i][1])))
             before.absorb(results[i][1])
             results[i] = (results[i][0], None, *results[i][2:])  # its state is in ``before``
         for k, result in self.map_tasks(ingest_one_file, [call(i, st) for i, st in again]):
             if isinstance(result, CurateError):
                 raise result
             results[again[k][0]] = result
-        for _, result in self.map_tasks(renumber_file, renumber):
+        for _, result in self.map_tasks(renumber_file, rewrite):
             if isinstance(result, CurateError):
                 raise result
         if not any(r[0].rows_read for r in results):
@@ -302,15 +302,18 @@ def _init_worker(scorer: Scorer) -> None:
 _WORKER_PART: tuple[tuple, pa.Table] | None = None  # the part a worker read last
 
 
-def _score_in_worker(part: Part, columns: list[str], start: int, rows: int) -> pa.Table:
-    """Score rows ``start`` .. ``start + rows`` of a part, read here (once per part), so
-    the parent does not read and ship the data."""
+def _score_in_worker(part: Part, columns: list[str], start: int, rows: int, batch: int
+                     ) -> pa.Table:
+    """Score rows ``start`` .. ``start + rows`` of a part, ``batch`` rows at a time, read
+    here (once per part), so the parent does not read and ship the data."""
     global _WORKER_PART
     assert _WORKER_SCORER is not None
     key = (part.path, tuple(columns))
     if _WORKER_PART is None or _WORKER_PART[0] != key:
         _WORKER_PART = (key, read_part(part, columns))
-    return score_rows(_WORKER_SCORER, _WORKER_PART[1].slice(start, rows))
+    table = _WORKER_PART[1].slice(start, rows)
+    return pa.concat_tables([score_rows(_WORKER_SCORER, table.slice(i, batch))
+                             for i in range(0, max(table.num_rows, 1), batch)])
 
 
 def _before_fork() -> None:
@@ -368,15 +371,21 @@ class LocalEngine(Engine):
         # fork: works from scripts without a __main__ guard; replicated scorers are plain
         # Python/numpy/pyarrow code (no torch or polars thread pools in the children).
         # Workers read the parts themselves and get bigger batches (per-task overhead).
+        # With parts enough to keep every worker busy a task is a whole part, so each
+        # part is read once; with few, a task is one batch (workers share a part's reads).
         ctx = multiprocessing.get_context("fork")
         size = max(self.batch_rows, 2048)
+        whole = len(parts) >= 4 * workers
         _before_fork()
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(scorer,)) as pool:
             pending: deque = deque()
             for part in parts:
-                for start in range(0, part.rows, size):
-                    pending.append(pool.submit(_score_in_worker, part, columns, start, size))
+                rows = part.rows
+                span = max(rows, 1) if whole else size
+                for start in range(0, rows, span):
+                    pending.append(pool.submit(_score_in_worker, part, columns, start, span,
+                                               size))
                     if len(pending) >= 2 * workers:
                         yield pending.popleft().result()
             while pending:

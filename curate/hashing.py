@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 
+from curate.text import utf8_bytes
+
 
 def hash_text(text: str) -> str:
     """16 hex digits of xxh3-64 of the UTF-8 text."""
@@ -22,8 +24,6 @@ def hash_int(text: str) -> int:
 def hash_ints(texts: pa.Array) -> np.ndarray:
     """``hash_int`` of every text of a string array without nulls (uint64), hashed in
     place in Arrow's buffer: no Python string per row."""
-    from curate.text import utf8_bytes
-
     raw, offsets = utf8_bytes(texts)
     view, bounds, digest = memoryview(raw), offsets.tolist(), xxhash.xxh3_64_intdigest
     return np.fromiter((digest(view[a:b]) for a, b in zip(bounds, bounds[1:])),

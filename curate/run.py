@@ -89,8 +89,8 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """One Parquet file (without pyarrow's dataset layer, whose import pulls in pandas:
-    a fifth of a second of every command)."""
+    """One Parquet file, read without pyarrow's dataset layer (which ``pq.read_table``
+    goes through, and which a run then need not import at all)."""
     return pq.ParquetFile(path).read(columns=columns)
 
 

@@ -61,6 +61,11 @@ def test_preference_decontamination_and_forked_workers_same_on_both_engines(tmp_
                           batch_rows=16) for e in ("local", "reverse")}
     assert runs["local"].manifest()["scorers"]["quality"]["workers"] == 2
     same_run(runs["local"].path, runs["reverse"].path)
+    # many small parts: each worker task scores a whole part, in batches
+    parts = pipe.write(tmp_path / "parts", cache_dir=False, quiet=True, workers=2, batch_rows=16,
+                       chunk_rows=30)
+    assert len(list((tmp_path / "parts" / "data").glob("*.parquet"))) == 10
+    same_run(parts.path, runs["reverse"].path)
 
 
 def test_engine_instance_and_unknown_engine(tmp_path):
