@@ -837,8 +837,11 @@ def _leave() -> None:
     object: that took 0.2 s after a 50,000-row dedup, and every file is closed by now."""
     freeze_gc()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe (curate ... | head): nothing more to say there
+            pass
     os._exit(0)
 
 

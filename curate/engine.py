@@ -182,9 +182,9 @@ class Engine(ABC):
         types can depend on the files before it (a row repeated from an earlier file gets
         another id): each file's result is checked against the files before it, in input
         order; a file whose rows repeat earlier rows gets those rows' ids rewritten
-        (``renumber``), the rare file whose kind, column types or bad rows clash is
-        ingested once more after those files, so the parts and ids are those of
-        ingesting the files one after another."""
+        (``renumber``), the rare file whose kind, column types or bad rows clash (or that
+        failed on its own) is ingested once more, here, after those files, so the parts,
+        ids and errors are those of ingesting the files one after another."""
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         files = found.files
@@ -199,24 +199,21 @@ class Engine(ABC):
                 results[i] = result
                 on_rows(result[0].rows_read)
         before = IngestState(kind=source.kind)  # the state after the files so far
-        again: list[tuple[int, IngestState]] = []
         rewrite: list[tuple] = []  # renumber_file calls
         for i in range(len(files)):
-            if results[i] is None:  # the file failed on its own: fails or not after the rest
+            clash = "file" if results[i] is None else before.clash(results[i][1])
+            if clash == "file":  # failed on its own, or could come out otherwise after the
+                # files before it: ingested again here, after them (an error raises in order)
+                counted = results[i] is not None
                 results[i] = ingest_one_file(*call(i, before))
+                if not counted:
+                    on_rows(results[i][0].rows_read)
                 before = results[i][1]  # that try went on from ``before``
                 continue
-            clash = before.clash(results[i][1])
-            if clash == "file":
-                again.append((i, before.copy()))
-            elif clash == "ids":  # only repeated rows' ids change: rewritten in place
+            if clash == "ids":  # only repeated rows' ids change: rewritten in place
                 rewrite.append((str(staging), results[i][3], before.before(results[i][1])))
             before.absorb(results[i][1])
             results[i] = (results[i][0], None, *results[i][2:])  # its state is in ``before``
-        for k, result in self.map_tasks(ingest_one_file, [call(i, st) for i, st in again]):
-            if isinstance(result, CurateError):
-                raise result
-            results[again[k][0]] = result
         for _, result in self.map_tasks(renumber_file, rewrite):
             if isinstance(result, CurateError):
                 raise result

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from curate import adapters as ad
 from curate.errors import InputError
@@ -34,6 +35,7 @@ from curate.run import read_parquet, write_table
 from curate.schema import CANONICAL, KINDS, message_text, prompt_messages
 
 RESERVED = {"id", "source", "source_row", "prompt_id"}
+REPEAT_SEED = 1  # xxh3 seed of repeated rows' ids (contents are hashed with seed 0)
 LABEL_COLUMNS = ("label", "kto_tag")  # KTO-style desirable/undesirable flags
 
 
@@ -60,8 +62,11 @@ class IngestStats:
 
 def row_id(h: int, n: int) -> str:
     """The id of occurrence ``n`` (from 0) of a row whose content hashes to ``h``: the
-    hash itself, or for a repeat the hash with the occurrence number mixed in."""
-    return f"{h:016x}" if n == 0 else hash_text(f"{h:016x}#{n}")
+    hash itself, or for a repeat the hash with the occurrence number mixed in, hashed
+    with another seed (a text row whose text is that string gets another id)."""
+    if n == 0:
+        return f"{h:016x}"
+    return xxhash.xxh3_64_hexdigest(f"{h:016x}#{n}".encode(), seed=REPEAT_SEED)
 
 
 class RowIds:
@@ -295,11 +300,6 @@ class IngestState:
             mine.seen.update(theirs.seen)  # in C; then the few contents both have
             for h, n in before.items():
                 mine.seen[h] += n
-
-    def copy(self) -> IngestState:
-        out = IngestState(self.kind, RowIds(), RowIds(), dict(self.types))
-        out.ids.seen, out.bad_ids.seen = dict(self.ids.seen), dict(self.bad_ids.seen)
-        return out
 
 
 def renumber(part: Path, hashes: np.ndarray, before: dict[int, int], counts: dict[int, int]

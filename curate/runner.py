@@ -17,6 +17,7 @@ A run that is killed is resumed by running the same command again.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import time
@@ -437,12 +438,13 @@ class PlanRunner:
             write_table(rows.select("id", *score_cols).to_arrow(), staging / "scores" / part.name)
 
         # threads: Arrow reads, filters, compresses and writes without the GIL
-        with ThreadPoolExecutor(self.engine.workers) as pool:
+        threads = min(self.engine.workers, os.cpu_count() or 1)  # a Ray cluster's are not here
+        with ThreadPoolExecutor(threads) as pool:
             pending: deque = deque()
             for part in parts:
                 rows = frame.select("_alive", "id", *score_cols)[index.get(part.name, none)]
                 pending.append(pool.submit(write_part, part, rows))
-                if len(pending) >= 2 * self.engine.workers:
+                if len(pending) >= 2 * threads:
                     pending.popleft().result()
             while pending:
                 pending.popleft().result()

@@ -51,6 +51,32 @@ def test_files_ingested_in_workers_same_as_one_after_another(tmp_path):
         "input": 281, "ingest_rejected": 1, "selected": 280, "rejected": 1}
 
 
+def test_files_whose_kind_changes_ingested_in_workers_as_one_after_another(tmp_path):
+    """sft rows after a file of text rows become text rows (that file is ingested again,
+    after the first); a later copy of them repeats those text rows and gets other ids,
+    as when the files are ingested one after another. A file that only fails after the
+    ones before it fails with the error of ingesting them in order."""
+    src = tmp_path / "in"
+    src.mkdir()
+    pl.read_parquet(DATA / "c4_demo" / "c4_demo.parquet")[:5].select("text").write_ndjson(
+        src / "a.jsonl")
+    sft = pl.read_parquet(DATA / "llamafactory" / "alpaca_en_demo.parquet")[:5]
+    sft.write_ndjson(src / "b.jsonl")
+    sft.write_ndjson(src / "c.jsonl")
+    runs = [read(src).write(tmp_path / str(w), cache_dir=False, quiet=True, workers=w)
+            for w in (1, 2)]
+    data = same_parts(runs[0].path, runs[1].path)
+    assert pl.concat([d["id"] for d in data]).n_unique() == 15
+    assert runs[1].manifest()["counts"] == {"input": 15, "ingest_rejected": 0, "selected": 15,
+                                            "rejected": 0}
+    (src / "a.jsonl").unlink()  # now sft first, then preference rows, then a file of bad rows
+    pl.read_parquet(PREF / "dpo_en_demo.parquet")[:5].write_parquet(src / "c.parquet")
+    (src / "d.jsonl").write_text('{"instruction": "cut off\n')
+    for w in (1, 2):
+        with pytest.raises(CurateError, match="gives preference rows but the dataset is sft"):
+            read(src).write(tmp_path / f"bad{w}", cache_dir=False, quiet=True, workers=w)
+
+
 def test_preference_decontamination_and_forked_workers_same_on_both_engines(tmp_path):
     """Cheap scorers replicated into 2 forked worker processes on the local engine,
     decontamination, a filter and a stratified selection."""

@@ -143,3 +143,17 @@ def test_plain_text_ingest_equals_the_row_by_row_path(tmp_path):
     assert fast[2] == slow[2]
     ids = pa.chunked_array([t["id"].combine_chunks() for t in fast[0]])
     assert len(ids) == len(pa.compute.unique(ids)) == len(clean) + len(ODD) + 5 - 3
+
+
+def test_a_text_that_spells_a_repeat_id_gets_its_own_id(tmp_path):
+    """The id of a repeated row is not the id of a row whose text is the string the
+    repeat's id is made from."""
+    from curate.hashing import hash_int
+
+    text = pl.read_parquet(C4)["text"][0]
+    rows = [text, text, f"{hash_int(text):016x}#1"]
+    pq.write_table(pa.table({"text": rows}), tmp_path / "a.parquet")
+    for columns in (None, {"text": "text"}):  # the columnar path and the row path
+        parts, _, _ = _ingested(tmp_path, columns=columns)
+        ids = pa.concat_arrays([t["id"].combine_chunks() for t in parts])
+        assert len(ids) == len(pa.compute.unique(ids)) == 3
