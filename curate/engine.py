@@ -97,9 +97,10 @@ def ingest_one_file(source: Read, file: str, index: int, staging: str, state: In
 def renumber_file(staging: str, parts: list[Any], before: dict[int, int]) -> None:
     """``renumber`` the parts of one file (``ingest_one_file``'s) for after ``before``."""
     counts: dict[int, int] = {}
+    repeated = np.fromiter(before, np.uint64, len(before))
     for part in parts:
         if part is not None:
-            renumber(Path(staging) / part[0], part[1], before, counts)
+            renumber(Path(staging) / part[0], part[1], before, counts, repeated)
 
 
 ERROR = "_error"

@@ -29,7 +29,7 @@ import xxhash
 
 from curate import adapters as ad
 from curate.errors import InputError
-from curate.hashing import hash_int, hash_ints, hash_text
+from curate.hashing import hash_int, hash_ints, hash_text, hex_digests
 from curate.readers import Chunk, read_chunks, scan
 from curate.run import read_parquet, write_table
 from curate.schema import CANONICAL, KINDS, message_text, prompt_messages
@@ -94,24 +94,13 @@ class RowIds:
         fresh = dict.fromkeys(keys, 1)
         if len(fresh) == len(keys) and self.seen.keys().isdisjoint(fresh):  # no repeat
             self.seen.update(fresh)
-            return _hex_ids(hashes)
+            return hex_digests(hashes)
         out = []
         for h in keys:
             n = self.seen.get(h, 0)
             self.seen[h] = n + 1
             out.append(row_id(h, n))
         return pa.array(out, pa.string())
-
-
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-
-def _hex_ids(hashes: np.ndarray) -> pa.Array:
-    """``f"{h:016x}"`` of every hash, as a string array (no Python per row)."""
-    big = hashes.astype(">u8").view(np.uint8).reshape(-1, 8)
-    digits = np.stack([_HEX[big >> 4], _HEX[big & 15]], axis=-1).reshape(-1)
-    offsets = np.arange(0, 16 * len(hashes) + 1, 16, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(hashes), pa.py_buffer(offsets), pa.py_buffer(digits))
 
 
 def _compact(value: Any) -> Any:
@@ -302,12 +291,13 @@ class IngestState:
                 mine.seen[h] += n
 
 
-def renumber(part: Path, hashes: np.ndarray, before: dict[int, int], counts: dict[int, int]
-             ) -> None:
+def renumber(part: Path, hashes: np.ndarray, before: dict[int, int], counts: dict[int, int],
+             repeated: np.ndarray) -> None:
     """Rewrite the ids of a data part (rows' content hashes ``hashes``) ingested on its
-    own for after rows whose contents occur ``before`` times earlier; ``counts`` (per
-    hash, updated) are the occurrences in the file's parts before this one."""
-    hit = np.flatnonzero(np.isin(hashes, np.fromiter(before, np.uint64, len(before))))
+    own for after rows whose contents occur ``before`` times earlier (``repeated``: the
+    keys of ``before`` as an array); ``counts`` (per hash, updated) are the occurrences
+    in the file's parts before this one."""
+    hit = np.flatnonzero(np.isin(hashes, repeated))
     if not len(hit):
         return
     new = []
