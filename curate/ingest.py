@@ -264,52 +264,68 @@ class IngestState:
     bad_ids: RowIds = field(default_factory=RowIds)
     types: dict[str, pa.DataType] = field(default_factory=dict)
 
-    def clash(self, later: IngestState) -> str | None:
-        """How ``later`` (a file ingested on its own) could come out differently after
-        the files of ``self``: "ids" when only some of its rows repeat earlier rows (their
-        ids change: ``renumber``), "file" when its kind, a column type or a bad row's id
-        could (ingest it again), None when it cannot."""
-        if ((later.kind is not None and self.kind not in (None, later.kind))
+    def clash(self, later: IngestState) -> bool:
+        """Whether ``later`` (a file ingested on its own) could come out otherwise after
+        the files of ``self`` in more than its repeated rows' ids (``occurrences``): its
+        kind, a column type or a bad row's id."""
+        return ((later.kind is not None and self.kind not in (None, later.kind))
                 or not self.bad_ids.seen.keys().isdisjoint(later.bad_ids.seen)
-                or any(self.types.get(k, t) != t for k, t in later.types.items())):
-            return "file"
-        return None if self.ids.seen.keys().isdisjoint(later.ids.seen) else "ids"
-
-    def before(self, later: IngestState) -> dict[int, int]:
-        """How often each content of ``later``'s rows occurs in the files of ``self``."""
-        seen = self.ids.seen
-        return {h: seen[h] for h in later.ids.seen if h in seen}
+                or any(self.types.get(k, t) != t for k, t in later.types.items()))
 
     def absorb(self, later: IngestState) -> None:
-        """Become the state after ``later``'s file, ingested after the files of ``self``."""
+        """Become the state after ``later``'s file, ingested after the files of ``self``
+        (row ids aside: see ``occurrences``)."""
         self.kind = self.kind or later.kind
         self.types = {**later.types, **self.types}
-        for mine, theirs in ((self.ids, later.ids), (self.bad_ids, later.bad_ids)):
-            before = {h: mine.seen[h] for h in mine.seen.keys() & theirs.seen.keys()}
-            mine.seen.update(theirs.seen)  # in C; then the few contents both have
-            for h, n in before.items():
-                mine.seen[h] += n
+        mine, theirs = self.bad_ids, later.bad_ids
+        before = {h: mine.seen[h] for h in theirs.seen if h in mine.seen}
+        mine.seen.update(theirs.seen)
+        for h, n in before.items():
+            mine.seen[h] += n
 
 
-def renumber(part: Path, hashes: np.ndarray, before: dict[int, int], counts: dict[int, int],
-             repeated: np.ndarray) -> None:
-    """Rewrite the ids of a data part (rows' content hashes ``hashes``) ingested on its
-    own for after rows whose contents occur ``before`` times earlier (``repeated``: the
-    keys of ``before`` as an array); ``counts`` (per hash, updated) are the occurrences
-    in the file's parts before this one."""
-    hit = np.flatnonzero(np.isin(hashes, repeated))
-    if not len(hit):
-        return
-    new = []
-    for h in hashes[hit].tolist():
-        k = counts.get(h, 0)
-        counts[h] = k + 1
-        new.append(row_id(h, before[h] + k))
-    table = read_parquet(part)
+def seen_ids(hashes: list[np.ndarray]) -> RowIds:
+    """The row ids handed out to rows with these content hashes (occurrence counts)."""
+    ids = RowIds()
+    if hashes:
+        keys, counts = np.unique(np.concatenate(hashes), return_counts=True)
+        ids.seen = dict(zip(keys.tolist(), counts.tolist()))
+    return ids
+
+
+def occurrences(files: list[np.ndarray]) -> list[np.ndarray]:
+    """For the content hashes of each file's rows, in input order: each row's occurrence
+    number in all the files (from 0: its id is ``row_id(hash, number)``), and how many
+    of those occurrences are in earlier files (0: the id it got in its file alone)."""
+    sizes = [len(h) for h in files]
+    hashes = np.concatenate(files) if files else np.zeros(0, np.uint64)
+    file = np.repeat(np.arange(len(files)), sizes)
+    order = np.argsort(hashes, kind="stable")  # equal contents together, in input order
+    h, f = hashes[order], file[order]
+    pos = np.arange(len(h))
+    group = np.ones(len(h), dtype=bool)  # first of its content
+    group[1:] = h[1:] != h[:-1]
+    run = group.copy()  # first of its content in its file
+    run[1:] |= f[1:] != f[:-1]
+    first = np.maximum.accumulate(np.where(group, pos, 0))
+    number, earlier = np.empty(len(h), np.int64), np.empty(len(h), np.int64)
+    number[order] = pos - first
+    earlier[order] = np.maximum.accumulate(np.where(run, pos, 0)) - first
+    cuts = np.cumsum(sizes)[:-1]
+    return list(zip(np.split(number, cuts), np.split(earlier, cuts)))
+
+
+def renumber(table: pa.Table, hashes: np.ndarray, rows: np.ndarray, numbers: np.ndarray
+             ) -> pa.Table:
+    """``table`` (a data part whose rows' content hashes are ``hashes``) with the ids of
+    ``rows`` those of occurrence ``numbers`` of their contents."""
+    if not len(rows):
+        return table
+    new = [row_id(h, n) for h, n in zip(hashes[rows].tolist(), numbers.tolist())]
     mask = np.zeros(table.num_rows, dtype=bool)
-    mask[hit] = True
+    mask[rows] = True
     ids = pc.replace_with_mask(table["id"].combine_chunks(), pa.array(mask), pa.array(new, pa.string()))
-    write_table(table.set_column(table.schema.get_field_index("id"), "id", ids), part)
+    return table.set_column(table.schema.get_field_index("id"), "id", ids)
 
 
 def check_kind(kind: str | None) -> None:

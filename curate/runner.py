@@ -29,6 +29,7 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -420,21 +421,36 @@ class PlanRunner:
         shutil.rmtree(staging, ignore_errors=True)
         score_cols = [c for c in frame.columns
                       if c not in (*FRAME_BASE, *self.data_columns, *FRAME_PRIVATE)]
-        # each part's rows of the frame, by index (no copy of the frame)
-        groups = (frame.select(pl.col("_part"), i=pl.int_range(pl.len(), dtype=pl.UInt32))
-                  .group_by("_part").agg("i"))
-        index = dict(zip(groups["_part"].to_list(), groups["i"]))
-        none = pl.Series("i", [], dtype=pl.UInt32)
+        # each part's rows of the frame: a slice while the frame is in the order it was
+        # read in, part after part (no copy), else gathered by index
+        columns = frame.select("_alive", "id", *score_cols)
+        if frame["_order"].is_sorted():
+            runs = frame["_part"].rle().struct.unnest()
+            starts = np.concatenate([[0], np.cumsum(runs["len"].to_numpy())])
+            spans = {name: (int(a), int(b - a)) for name, a, b in
+                     zip(runs["value"].to_list(), starts, starts[1:])}
+
+            def rows_of(part: Path) -> pl.DataFrame:
+                return columns.slice(*spans.get(part.name, (0, 0)))
+        else:
+            groups = (frame.select(pl.col("_part"), i=pl.int_range(pl.len(), dtype=pl.UInt32))
+                      .group_by("_part").agg("i"))
+            index = dict(zip(groups["_part"].to_list(), groups["i"]))
+
+            def rows_of(part: Path) -> pl.DataFrame:
+                return columns[index.get(part.name, pl.Series("i", [], dtype=pl.UInt32))]
         (staging / "selected").mkdir(parents=True)
 
         def write_part(part: Path, rows: pl.DataFrame) -> None:
             if rows["_alive"].all() and rows.height == pq.read_metadata(part).num_rows:
                 link_or_copy(part, staging / "selected" / part.name)  # every row kept
             else:
-                table = read_parquet(part)  # the part's own kept ids: a small set to look up
-                keep_ids = rows.filter("_alive")["id"].to_arrow()
-                write_table(table.filter(pc.is_in(table["id"], value_set=keep_ids)),
-                            staging / "selected" / part.name)
+                table = read_parquet(part)
+                if rows.height == table.num_rows and rows["id"].equals(pl.Series(table["id"])):
+                    keep = rows["_alive"].to_arrow()  # rows in the part's order
+                else:  # the part's own kept ids: a small set to look up
+                    keep = pc.is_in(table["id"], value_set=rows.filter("_alive")["id"].to_arrow())
+                write_table(table.filter(keep), staging / "selected" / part.name)
             write_table(rows.select("id", *score_cols).to_arrow(), staging / "scores" / part.name)
 
         # threads: Arrow reads, filters, compresses and writes without the GIL
@@ -442,8 +458,7 @@ class PlanRunner:
         with ThreadPoolExecutor(threads) as pool:
             pending: deque = deque()
             for part in parts:
-                rows = frame.select("_alive", "id", *score_cols)[index.get(part.name, none)]
-                pending.append(pool.submit(write_part, part, rows))
+                pending.append(pool.submit(write_part, part, rows_of(part)))
                 if len(pending) >= 2 * threads:
                     pending.popleft().result()
             while pending:

@@ -90,33 +90,38 @@ def _fold_table() -> np.ndarray:
     return table
 
 
-_FOLD = _fold_table()
+_FOLD = _fold_table().tobytes()  # for bytes.translate: 2.5x numpy's table lookup
 
 
 def _collapse(raw: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Runs of spaces -> one space, none at either end of a text (bytes level; other
     whitespace is already a space, see ``_fold_table``)."""
-    lengths = np.diff(offsets)
     space = raw == 32
     if not space.any():
         return raw, offsets
-    after = np.empty(len(raw), dtype=bool)  # the byte before is a space or a text start
-    after[0] = True
-    after[1:] = space[:-1]
-    after[offsets[:-1][lengths > 0]] = True
-    drop = space & after
-    out = raw[~drop]
-    counts = lengths - np.diff(np.searchsorted(np.flatnonzero(drop), offsets))  # kept per text
-    kept = np.concatenate([[0], np.cumsum(counts)])
-    # a text whose kept bytes end in a space (trailing whitespace) loses that byte
-    last = kept[1:] - 1
-    trailing = (counts > 0) & (out[np.maximum(last, 0)] == 32) if len(out) else counts > 0
-    if trailing.any():
-        drop = np.ones(len(out), dtype=bool)
-        drop[last[trailing]] = False
-        out = out[drop]
-        kept = kept - np.concatenate([[0], np.cumsum(trailing)])
-    return out, kept
+    full = np.diff(offsets) > 0
+    starts, ends = offsets[:-1][full], offsets[1:][full] - 1  # first and last byte of texts
+    drop = space.copy()
+    drop[1:] &= space[:-1]  # a space after a space
+    drop[starts] = space[starts]  # a space that starts a text
+    gone = np.flatnonzero(drop)
+    counts = np.diff(offsets) - np.diff(np.searchsorted(gone, offsets))  # kept per text
+    # a text ending in spaces keeps the first of them so far: it goes too, unless the
+    # text is all spaces (then none is kept)
+    tail = np.flatnonzero(space[ends])
+    if len(tail):
+        last = ends[tail]
+        first = last.copy()  # the first byte of the run of dropped bytes that ends there
+        run = np.ones(len(gone), dtype=bool)
+        run[1:] = gone[1:] != gone[:-1] + 1
+        run_start = gone[np.maximum.accumulate(np.where(run, np.arange(len(gone)), 0))]
+        was = drop[last]
+        first[was] = run_start[np.searchsorted(gone, last[was])]
+        kept = np.where(was, first - 1, last)
+        real = kept >= starts[tail]
+        drop[kept[real]] = True
+        counts[np.flatnonzero(full)[tail[real]]] -= 1
+    return raw[~drop], np.concatenate([[0], np.cumsum(counts)])
 
 
 def normalize_bytes(texts: pa.Array | pa.ChunkedArray | list[str], *, punctuation: bool = True
@@ -143,7 +148,8 @@ def normalize_bytes(texts: pa.Array | pa.ChunkedArray | list[str], *, punctuatio
     if not punctuation:
         arr = pc.replace_substring_regex(arr, _NOT_WORD, " ")
     raw, offsets = utf8_bytes(arr)
-    return _collapse(np.take(_FOLD, raw), offsets)  # ASCII case and whitespace: a table lookup
+    folded = np.frombuffer(raw.tobytes().translate(_FOLD), np.uint8)  # ASCII case, whitespace
+    return _collapse(folded, offsets)
 
 
 def normalize_array(texts: pa.Array | pa.ChunkedArray | list[str], *,
