@@ -96,7 +96,8 @@ class ScorerCache:
             write_json({"name": self.scorer.name, "version": self.scorer.version,
                         "config": self.scorer.config(), "model": self.scorer.model_fingerprint()},
                        self.dir / "scorer.json")
-        write_table(table, self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
+        write_table(table, self.dir / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet",
+                    "lz4")  # kept across runs
 
 
 def describe(root: Path) -> list[dict]:

@@ -9,6 +9,7 @@ commands live in ``curate.sae_cli``.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
 import traceback

@@ -31,7 +31,6 @@ from curate import adapters as ad
 from curate.errors import InputError
 from curate.hashing import hash_int, hash_ints, hash_text, hex_digests
 from curate.readers import Chunk, read_chunks, scan
-from curate.run import read_parquet, write_table
 from curate.schema import CANONICAL, KINDS, message_text, prompt_messages
 
 RESERVED = {"id", "source", "source_row", "prompt_id"}

@@ -48,8 +48,8 @@ from curate.memory import peak_rss_mb, release_freed
 from curate.models import cache_home
 from curate.progress import Log
 from curate.readers import fingerprint, list_files
-from curate.run import (REJECTED_SCHEMA, Run, link_or_copy, prepare_output, read_parquet, write_bytes,
-                        write_json, write_table)
+from curate.run import (REJECTED_SCHEMA, Run, link_or_copy, prepare_output, read_parquet, run_codec,
+                        write_bytes, write_json, write_table)
 from curate.schema import CANONICAL
 from curate.scorer import Scorer, get_scorer
 from curate.spill import Lists
@@ -158,6 +158,7 @@ class PlanRunner:
                  batch_rows: int = 256, flush_rows: int = 4096, workers: int | None = None):
         if pipe.source.path is None:
             raise CurateError("the pipeline has no input: pass --input (CLI) or read(path)")
+        run_codec()  # a bad $CURATE_PARQUET_COMPRESSION fails here, before any work
         self.pipe = pipe
         self.output = Path(output)
         self.overwrite = overwrite

@@ -1,4 +1,4 @@
-"""The rough edges of the CLI a new user hits (issue 9, items 10-17), through the
+"""The rough edges of the CLI a new user hits, through the
 real ``curate`` command on the real sample data:
 
 10. every SQL output format works on every view (nested columns as JSON text in
@@ -422,3 +422,19 @@ def test_report_quiet(sft_run, tmp_path):
     quiet = ok("report", sft_run, "-o", page, "--quiet")
     assert quiet.stdout.strip() == str(page) and quiet.stderr == ""
     assert page.stat().st_size > 100_000
+
+
+def test_train_config_file(tmp_path):
+    """``curate finetune/experiment --config FILE``: the file's hyper-parameters, the
+    flags given over them; a file that is not a JSON object is one clear error."""
+    from curate.cli import _train_config
+    from curate.errors import CurateError
+
+    good = tmp_path / "hp.json"
+    good.write_text(json.dumps({"lora_r": 8, "learning_rate": 1e-4}))
+    config = _train_config(str(good), {"lora_r": 4, "epochs": None})
+    assert (config.lora_r, config.learning_rate, config.epochs) == (4, 1e-4, 1.0)
+    bad = tmp_path / "list.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(CurateError, match="expected a JSON object"):
+        _train_config(str(bad), {})

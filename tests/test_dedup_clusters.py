@@ -1,6 +1,6 @@
 """MinHash clusters are stars in keep order: every dropped row is within the threshold
-of the representative it names (issue 9, item 6), and word shingles on text without
-spaces are warned about (item 7)."""
+of the representative it names, and word shingles on text without
+spaces are warned about."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exports of a run's selected rows (issue 10, item 1), on real rows of tests/data:
+"""Exports of a run's selected rows, on real rows of tests/data:
 tool calls (glaive), Chinese multi-turn chats (oaast_sft_zh), preference pairs with
 system prompts (dpo_en_demo), HH-RLHF transcripts, KTO labels, and an OpenAI-layout
 file with system turns built from real rows.

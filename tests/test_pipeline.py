@@ -205,3 +205,23 @@ def test_preference_pipeline_drops_pairs_that_teach_nothing(tmp_path):
            .write(tmp_path / "A", cache_dir=False, quiet=True))
     kept = pl.from_arrow(run.table("selected"))
     assert kept.height > 0 and ((kept["preference"] - 1.5).abs() >= 0.4).all()
+
+
+def test_run_parquet_codec(tmp_path):
+    """A run's Parquet is uncompressed by default; $CURATE_PARQUET_COMPRESSION picks a
+    codec for every part (same rows); an unknown codec is one error before any work."""
+    def codecs(run_dir) -> set[str]:
+        return {pq.read_metadata(p).row_group(0).column(0).compression
+                for name in ("data", "selected", "scores") for p in (run_dir / name).glob("*.parquet")}
+
+    plain, packed = tmp_path / "plain", tmp_path / "zstd"
+    curate_cli("dedup", SAMPLE_SFT, "--method", "exact", "--output", plain, "--no-cache")
+    curate_cli("dedup", SAMPLE_SFT, "--method", "exact", "--output", packed, "--no-cache",
+               env={"CURATE_PARQUET_COMPRESSION": "zstd"})
+    assert codecs(plain) == {"UNCOMPRESSED"} and codecs(packed) == {"ZSTD"}
+    read_back = [pl.read_parquet(d / "selected").sort("id") for d in (plain, packed)]
+    assert read_back[0].height > 0 and read_back[0].equals(read_back[1])
+    bad = curate_cli("dedup", SAMPLE_SFT, "--method", "exact", "--output", tmp_path / "bad",
+                     check=False, env={"CURATE_PARQUET_COMPRESSION": "lzma"})
+    assert bad.returncode == 2 and "CURATE_PARQUET_COMPRESSION='lzma'" in bad.stderr
+    assert not (tmp_path / "bad").exists()

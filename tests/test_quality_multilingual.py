@@ -1,4 +1,4 @@
-"""Quality checks beyond English (issue 9, item 7): refusals and cut-off answers in the
+"""Quality checks beyond English: refusals and cut-off answers in the
 real Chinese OpenAssistant rows, with the English flags unchanged."""
 
 from __future__ import annotations
