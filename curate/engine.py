@@ -70,12 +70,14 @@ def read_part(part: Part, columns: list[str]) -> pa.Table:
 
 
 def ingest_one_file(source: Read, file: str, index: int, staging: str, state: IngestState,
-                    chunk_rows: int) -> tuple[IngestStats, IngestState, list[dict], list[Any]]:
+                    chunk_rows: int, final: bool
+                    ) -> tuple[IngestStats, IngestState, list[dict], list[Any]]:
     """Ingest one input file after the files that gave ``state``; its chunks are kept as
     uncompressed Arrow files ``staging/fNNNNN-CCCCC.arrow`` (CCCCC counts its chunks)
-    until ``finish_file`` makes them data parts. Returns its stats, the state after it
-    (row ids aside), its rejected records and, per chunk, (part name, the content hashes
-    of its rows) or None for a chunk of no good rows."""
+    until ``finish_file`` makes them data parts, or written as data parts at once when
+    its ids are ``final`` (``state`` holds every earlier file). Returns its stats, the
+    state after it (row ids aside), its rejected records and, per chunk, (part name, the
+    content hashes of its rows, final) or None for a chunk of no good rows."""
     for old in Path(staging).glob(f"f{index:05d}-*"):  # from a first try
         old.unlink()
     stats = IngestStats(kind=source.kind)
@@ -88,11 +90,13 @@ def ingest_one_file(source: Read, file: str, index: int, staging: str, state: In
         name = f"f{index:05d}-{c:05d}"
         hashes = np.array(state.ids.log, dtype=np.uint64)
         state.ids.log = []
-        if table is not None:
+        if table is not None and final:
+            write_table(table, Path(staging) / f"{name}.parquet")
+        elif table is not None:
             with pa.OSFile(str(Path(staging) / f"{name}.arrow"), "wb") as sink, \
                     pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
-        parts.append((name, hashes) if table is not None else None)
+        parts.append((name, hashes, final) if table is not None else None)
         records.extend(bad)
     state.ids = RowIds()  # the hashes tell them (``occurrences``), at a fraction of the size
     return stats, state, records, parts
@@ -103,7 +107,7 @@ def finish_file(staging: str, parts: list[Any], rows: list[Any]) -> None:
     ``staging/fNNNNN-CCCCC.parquet``; per chunk, ``rows`` are None or (positions,
     occurrence numbers) of the rows whose ids change (``renumber``)."""
     for part, change in zip(parts, rows):
-        if part is None:
+        if part is None or part[2]:  # written already
             continue
         chunk = Path(staging) / f"{part[0]}.arrow"
         with pa.memory_map(str(chunk)) as source:
@@ -203,27 +207,25 @@ class Engine(ABC):
         staging.mkdir(parents=True)
         files = found.files
 
-        def call(i: int, state: IngestState) -> tuple:
-            return source, str(files[i]), i, str(staging), state, self.chunk_rows
+        def call(i: int, state: IngestState, final: bool) -> tuple:
+            return source, str(files[i]), i, str(staging), state, self.chunk_rows, final
 
         results: list[Any] = [None] * len(files)
-        first = [call(i, IngestState(kind=source.kind)) for i in range(len(files))]
+        first = [call(i, IngestState(kind=source.kind), i == 0) for i in range(len(files))]
         for i, result in self.map_tasks(ingest_one_file, first):
             if not isinstance(result, CurateError):  # else raised again below, in input order
                 results[i] = result
                 on_rows(result[0].rows_read)
         before = IngestState(kind=source.kind)  # after the files so far (ids aside)
-        again = set()  # files ingested again here: their ids are those of their place
         for i in range(len(files)):
             if results[i] is None or before.clash(results[i][1]):  # failed on its own, or
                 # could come out otherwise after the files before it: ingested again here
                 counted = results[i] is not None
                 before.ids = seen_ids([p[1] for r in results[:i] for p in r[3] if p is not None])
-                results[i] = ingest_one_file(*call(i, before))
+                results[i] = ingest_one_file(*call(i, before, True))
                 if not counted:
                     on_rows(results[i][0].rows_read)
                 before = results[i][1]  # that try went on from ``before``
-                again.add(i)
             else:
                 before.absorb(results[i][1])
             results[i] = (results[i][0], None, *results[i][2:])  # its state is in ``before``
@@ -234,9 +236,11 @@ class Engine(ABC):
         finish: list[tuple] = []  # finish_file calls
         for i, (number, earlier) in enumerate(numbers):
             parts, rows, start = results[i][3], [], 0
+            if all(part is None or part[2] for part in parts):  # ids final, parts written
+                continue
             for part in parts:
                 n = len(part[1]) if part is not None else 0
-                moved = np.flatnonzero(earlier[start:start + n]) if i not in again else []
+                moved = np.flatnonzero(earlier[start:start + n])
                 rows.append((moved, number[start:start + n][moved]) if len(moved) else None)
                 start += n
             finish.append((str(staging), parts, rows))
