@@ -77,6 +77,24 @@ def test_files_whose_kind_changes_ingested_in_workers_as_one_after_another(tmp_p
             read(src).write(tmp_path / f"bad{w}", cache_dir=False, quiet=True, workers=w)
 
 
+def test_a_worker_that_breaks_mid_ingest_stops_the_run(tmp_path, monkeypatch):
+    """A file whose ingest raises an unexpected error in a worker: the error reaches the
+    caller, as it is."""
+    import curate.engine as engine
+
+    dependent_files(tmp_path / "in")
+    real = engine.ingest_file
+
+    def broken(root, file, *args, **kwargs):
+        if file.name == "c.jsonl":
+            raise RuntimeError("disk on fire")
+        yield from real(root, file, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "ingest_file", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        read(tmp_path / "in").write(tmp_path / "run", cache_dir=False, quiet=True, workers=2)
+
+
 def test_preference_decontamination_and_forked_workers_same_on_both_engines(tmp_path):
     """Cheap scorers replicated into 2 forked worker processes on the local engine,
     decontamination, a filter and a stratified selection."""
