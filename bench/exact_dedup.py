@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         corpus = Path(a.corpus) if a.corpus else tmp / "corpus"
         if not a.corpus:
-            a.threshold, a.no_truth = 0.8, True  # what build() reads besides the sizes
+            a.threshold, a.no_truth, a.skip_cross_check = 0.8, True, True  # what build() reads
             n, _, stats, _ = build(a, corpus)
             print(f"corpus: {n} docs, {a.shards} shards, built in {stats['corpus_s']:.1f} s")
         n = kept_rows(corpus)
