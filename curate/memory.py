@@ -30,6 +30,7 @@ def _glibc(name: str):
 
 _TRIM = _glibc("malloc_trim")
 _MALLOPT = _glibc("mallopt")
+_LAST_TRIM = [0.0]
 
 
 def keep_heap(size: int = 256 << 20) -> None:
@@ -41,7 +42,6 @@ def keep_heap(size: int = 256 << 20) -> None:
     if _MALLOPT is not None:
         _MALLOPT(-3, size)  # M_MMAP_THRESHOLD
         _MALLOPT(-1, 2 * size)  # M_TRIM_THRESHOLD
-_LAST_TRIM = [0.0]
 
 
 def release_freed(min_interval: float = 1.0) -> None:

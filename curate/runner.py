@@ -422,24 +422,15 @@ class PlanRunner:
         shutil.rmtree(staging, ignore_errors=True)
         score_cols = [c for c in frame.columns
                       if c not in (*FRAME_BASE, *self.data_columns, *FRAME_PRIVATE)]
-        # each part's rows of the frame: a slice while the frame is in the order it was
-        # read in, part after part (no copy), else gathered by index
+        # each part's rows of the frame: a slice (no copy), the frame being in the order
+        # it was read in, part after part
+        if not frame["_order"].is_sorted():
+            frame = frame.sort("_order")
         columns = frame.select("_alive", "id", *score_cols)
-        if frame["_order"].is_sorted():
-            runs = frame["_part"].rle().struct.unnest()
-            starts = np.concatenate([[0], np.cumsum(runs["len"].to_numpy())])
-            spans = {name: (int(a), int(b - a)) for name, a, b in
-                     zip(runs["value"].to_list(), starts, starts[1:])}
-
-            def rows_of(part: Path) -> pl.DataFrame:
-                return columns.slice(*spans.get(part.name, (0, 0)))
-        else:
-            groups = (frame.select(pl.col("_part"), i=pl.int_range(pl.len(), dtype=pl.UInt32))
-                      .group_by("_part").agg("i"))
-            index = dict(zip(groups["_part"].to_list(), groups["i"]))
-
-            def rows_of(part: Path) -> pl.DataFrame:
-                return columns[index.get(part.name, pl.Series("i", [], dtype=pl.UInt32))]
+        runs = frame["_part"].rle().struct.unnest()
+        starts = np.concatenate([[0], np.cumsum(runs["len"].to_numpy())])
+        spans = {name: (int(a), int(b - a))
+                 for name, a, b in zip(runs["value"].to_list(), starts, starts[1:])}
         (staging / "selected").mkdir(parents=True)
 
         def write_part(part: Path, rows: pl.DataFrame) -> None:
@@ -459,7 +450,8 @@ class PlanRunner:
         with ThreadPoolExecutor(threads) as pool:
             pending: deque = deque()
             for part in parts:
-                pending.append(pool.submit(write_part, part, rows_of(part)))
+                rows = columns.slice(*spans.get(part.name, (0, 0)))
+                pending.append(pool.submit(write_part, part, rows))
                 if len(pending) >= 2 * threads:
                     pending.popleft().result()
             while pending:

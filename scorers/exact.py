@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
+from curate.hashing import hash_slices, hex_digests
 from curate.scorer import Resources, Scorer, register
 from curate.text import field_array, normalize_bytes
 
@@ -33,8 +34,7 @@ class ExactHash(Scorer):
     def score(self, batch: pa.RecordBatch) -> dict[str, Any]:
         texts = field_array(batch, self.fields)
         raw, offsets = normalize_bytes(texts, punctuation=self.punctuation)
-        view, bounds = memoryview(raw), offsets.tolist()
-        digest = xxhash.xxh3_64_hexdigest
-        return {"exact_hash": [digest(view[a:b]) if b > a else None
-                               for a, b in zip(bounds, bounds[1:])],
+        empty = pa.array(np.diff(offsets) == 0)
+        hashes = hex_digests(hash_slices(raw, offsets))
+        return {"exact_hash": pc.if_else(empty, pa.scalar(None, pa.string()), hashes),
                 "exact_chars": pc.utf8_length(texts).cast(pa.int64())}
